@@ -1,0 +1,156 @@
+"""Turning one interval's counter deltas into bytes per (network, app): pure functions.
+
+The breakdown always adds up to the interface total: what no app can claim goes to the
+explicit `unattributed` app, and forwarded traffic (containers, VMs, a shared hotspot) to
+`forwarded`. Conservation is kept exactly; the only freedom is *when* a byte is booked: a
+remainder that comes out negative, because two counters were read a few microseconds apart,
+is carried to the next interval instead of being written as a negative row.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from meterguard.meter.readings import Direction, KernelReadings
+
+UNATTRIBUTED = "unattributed"
+FORWARDED = "forwarded"
+
+# A positive gap between the link statistics and the hooks with no super-packet to explain
+# it is link chatter (ARP, neighbour discovery); a carry beyond this bound is dropped.
+GAP_CARRY_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class CgroupInfo:
+    path: str
+    app: str
+
+
+@dataclass(slots=True)
+class AttributionState:
+    """What one interval hands to the next: the carried remainders."""
+
+    unattributed_carry: dict[tuple[str, Direction], int] = field(default_factory=dict)
+    gap_carry: dict[str, int] = field(default_factory=dict)
+
+
+Usage = dict[tuple[str, str], list[int]]  # (network, app) -> [bytes_up, bytes_down]
+
+
+def _add(usage: Usage, network: str, app: str, direction: Direction, n: int) -> None:
+    if n:
+        usage.setdefault((network, app), [0, 0])[0 if direction == "up" else 1] += n
+
+
+def exclusive_socket_bytes(
+    deltas: Mapping[tuple[str, Direction, int, int], int],
+    parent_of: Callable[[int], int | None],
+) -> dict[tuple[str, Direction, int], int]:
+    """Bytes exactly at each cgroup: count(level k) minus the counts of its children at k+1.
+
+    `socket cgroupv2 level k` matches the ancestor at depth k, so a cgroup's count includes
+    its descendants'. A cgroup whose parent is unknown lived less than one read, so it has
+    no app either: nothing is subtracted for it and its bytes stay with its ancestor.
+    """
+    exclusive: dict[tuple[str, Direction, int], int] = defaultdict(int)
+    for (ifname, direction, _level, cgid), n in deltas.items():
+        exclusive[(ifname, direction, cgid)] += n
+    for (ifname, direction, _level, cgid), n in deltas.items():
+        parent = parent_of(cgid)
+        if parent is not None and (ifname, direction, parent) in exclusive:
+            exclusive[(ifname, direction, parent)] -= n
+    return {k: v for k, v in exclusive.items() if v}
+
+
+def _split(amount: int, weights: Mapping[int, int]) -> dict[int, int]:
+    """Share `amount` in proportion to `weights`, in whole bytes that add up exactly."""
+    total = sum(weights.values())
+    shares = {k: amount * w // total for k, w in weights.items()}
+    rest = amount - sum(shares.values())
+    for k in sorted(weights, key=lambda k: -(amount * weights[k] % total))[:rest]:
+        shares[k] += 1
+    return shares
+
+
+def attribute(
+    delta: KernelReadings,
+    *,
+    network_of: Callable[[str], str | None],
+    app_of_mark: Callable[[int], str | None],
+    app_of_cgroup: Callable[[int], str | None],
+    parent_of: Callable[[int], int | None],
+    state: AttributionState,
+) -> Usage:
+    """One interval's usage per (network, app), bytes up and down.
+
+    `delta` holds the *increase* of every counter since the last read (resets already
+    handled by the trackers). Upload of GSO super-packets is corrected from the link
+    statistics: the headers that the hooks never saw are shared among the marks that sent
+    super-packets in this interval.
+    """
+    usage: Usage = {}
+    claimed: dict[tuple[str, Direction], int] = defaultdict(int)
+    for (ifname, direction, mark), n in delta.marked.items():
+        network = network_of(ifname)
+        app = app_of_mark(mark)
+        if network is None or app is None:
+            continue  # an unknown mark is not ours: its bytes stay unattributed
+        _add(usage, network, app, direction, n)
+        claimed[(ifname, direction)] += n
+    for (ifname, direction, cgid), n in exclusive_socket_bytes(delta.socket, parent_of).items():
+        network = network_of(ifname)
+        app = app_of_cgroup(cgid)
+        if network is None or app is None or n <= 0:
+            continue  # a negative share is read skew: the remainder books it
+        _add(usage, network, app, direction, n)
+        claimed[(ifname, direction)] += n
+
+    for (ifname, direction), n in delta.link.items():
+        network = network_of(ifname)
+        if network is None:
+            continue
+        key = (ifname, direction)
+        rest = n - claimed.pop(key, 0) + state.unattributed_carry.pop(key, 0)
+        if rest >= 0:
+            _add(usage, network, UNATTRIBUTED, direction, rest)
+        else:
+            state.unattributed_carry[key] = rest
+    for (ifname, direction), n in delta.forwarded.items():
+        network = network_of(ifname)
+        if network is not None:
+            _add(usage, network, FORWARDED, direction, n)
+
+    _correct_super_packets(delta, usage, network_of, app_of_mark, state)
+    return usage
+
+
+def _correct_super_packets(
+    delta: KernelReadings,
+    usage: Usage,
+    network_of: Callable[[str], str | None],
+    app_of_mark: Callable[[int], str | None],
+    state: AttributionState,
+) -> None:
+    """Book the headers of GSO segments (UDP GSO, QUIC) that only the link statistics see."""
+    hooks: dict[str, int] = defaultdict(int)
+    for (ifname, direction), n in (*delta.link.items(), *delta.forwarded.items()):
+        if direction == "up":
+            hooks[ifname] += n
+    link_ip: dict[str, int] = defaultdict(int)
+    for (ifname, _ifindex), n in delta.link_ip_up.items():
+        link_ip[ifname] += n
+    for ifname, wire in link_ip.items():
+        network = network_of(ifname)
+        if network is None:
+            continue
+        gap = wire - hooks.get(ifname, 0) + state.gap_carry.pop(ifname, 0)
+        weights = {m: n for (i, m), n in delta.super_up.items() if i == ifname and n > 0}
+        if gap <= 0 or not weights:
+            state.gap_carry[ifname] = max(-GAP_CARRY_LIMIT, min(GAP_CARRY_LIMIT, gap))
+            continue
+        for mark, share in _split(gap, weights).items():
+            app = app_of_mark(mark) if mark else None
+            _add(usage, network, app or UNATTRIBUTED, "up", share)
