@@ -73,6 +73,8 @@ class LinkControl(Protocol):
 
     def names(self) -> list[str]: ...
 
+    def index(self) -> dict[str, int]: ...
+
     def stats(self) -> dict[str, LinkStats]: ...
 
     def link_type(self, ifname: str) -> str: ...
@@ -97,7 +99,11 @@ class SystemLinks:
         self._ethtool = shutil.which("ethtool") or "/usr/sbin/ethtool"
 
     def names(self) -> list[str]:
-        return [name for _, name in socket.if_nameindex()]
+        return list(self.index())
+
+    def index(self) -> dict[str, int]:
+        """Name -> ifindex; a recreated interface gets a new index, which marks a reset."""
+        return {name: idx for idx, name in socket.if_nameindex()}
 
     def stats(self) -> dict[str, LinkStats]:
         return read_proc_net_dev()
@@ -147,6 +153,9 @@ class FakeLinks:
 
     def names(self) -> list[str]:
         return list(self.counters)
+
+    def index(self) -> dict[str, int]:
+        return {name: i + 1 for i, name in enumerate(self.counters)}
 
     def stats(self) -> dict[str, LinkStats]:
         return dict(self.counters)

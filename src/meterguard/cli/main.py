@@ -1,0 +1,226 @@
+"""The `meterguard` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meterguard.cli.common import (
+    DEFAULT_CONFIG,
+    DEFAULT_STATE,
+    ConfigOpt,
+    JsonOpt,
+    StateOpt,
+    fail,
+    load,
+    print_json,
+    require_root,
+)
+from meterguard.cli.report import register as register_report
+
+app = typer.Typer(
+    name="meterguard",
+    help=(
+        "Stop a limited mobile-data plan from leaking away.\n\n"
+        "meterguard counts every byte that crosses a metered link (an eSIM modem, a phone's "
+        "hotspot, USB tethering) exactly, per app, in the kernel with nftables, and keeps a "
+        "ledger of it by minute, day, week and month.\n\n"
+        "Start the daemon with `meterguard run` (as root), then read usage with `status`, "
+        "`report`, `top` and `apps`. `meterguard demo` shows it all in a lab of network "
+        "namespaces. Every command that prints data takes --json.\n\n"
+        "Files: /etc/meterguard/meterguard.toml (configuration, see docs/configuration.md), "
+        "/var/lib/meterguard (ledger and state). Environment: METERGUARD_CONFIG, "
+        "METERGUARD_STATE_DIR."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    state_dir: StateOpt = DEFAULT_STATE,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error (default: from config).")
+    ] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT.
+
+    It creates or reconciles the nftables table `inet meterguard` in the current network
+    namespace, sets exact-counting options (gso_max_segs 1, GRO off) on metered interfaces,
+    and writes usage to the ledger every `daemon.interval` seconds. On stop the interface
+    options are put back; the table stays, so the kernel keeps counting and a restart loses
+    nothing. Exit status: 0 on a clean stop, 2 for a bad configuration, 75 if another
+    daemon already uses the state directory, 77 without root.
+    """
+    from meterguard.daemon import AlreadyRunning, Daemon, configure_logging
+
+    require_root("meterguard run")
+    cfg = load(config)
+    configure_logging(log_level or cfg.daemon.log_level)
+    try:
+        Daemon(cfg, state_dir).run()
+    except AlreadyRunning as exc:
+        fail(str(exc), 75)
+
+
+@app.command()
+def status(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    state_dir: StateOpt = DEFAULT_STATE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show whether the daemon runs, what it meters, and today's totals per network."""
+    from meterguard.cli.report import day_totals
+    from meterguard.daemon import read_status
+
+    cfg = load(config)
+    st = read_status(state_dir)
+    running = bool(st) and _alive(int(st.get("pid", 0))) if st else False
+    data = {
+        "running": running,
+        "pid": st.get("pid") if st and running else None,
+        "last_poll_at": st.get("last_poll_at") if st else None,
+        "poll_ms": st.get("poll_ms") if st else None,
+        "cgroup_levels": st.get("cgroup_levels") if st else None,
+        "cgroups_tracked": st.get("cgroups_tracked") if st else None,
+        "interfaces": st.get("interfaces", {}) if st else {},
+        "networks": [
+            {"name": n.name, "interfaces": list(n.interfaces), "metered": n.metered}
+            for n in cfg.networks
+        ],
+        "today": day_totals(cfg, state_dir),
+    }
+    if json_out:
+        print_json(data)
+        return
+    from meterguard.core.units import format_bytes
+
+    print(f"daemon: {'running, pid ' + str(data['pid']) if running else 'not running'}")
+    if running and st:
+        age = time.time() - float(st.get("last_poll_at", 0))
+        print(f"last poll: {age:.1f} s ago, took {st.get('poll_ms')} ms; "
+              f"{st.get('cgroups_tracked')} cgroups tracked")
+    for net in cfg.networks:
+        ifs = [i for i, n in data["interfaces"].items() if n == net.name]
+        kind = "metered" if net.metered else "unmetered"
+        print(f"network {net.name} ({kind}): {', '.join(net.interfaces)}"
+              f"{'  up: ' + ', '.join(ifs) if ifs else ''}")
+    for row in data["today"]:
+        print(f"today on {row['network']}: {format_bytes(row['bytes_up'])} up, "
+              f"{format_bytes(row['bytes_down'])} down")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@app.command(
+    "exec",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def exec_(
+    ctx: typer.Context,
+    app_name: Annotated[str, typer.Option("--app", help="The name usage is reported under.")],
+) -> None:
+    """Run a command in a cgroup of its own, so its traffic counts under --app.
+
+    For desktops that give apps no cgroup of their own (Xfce, i3, a TTY, anything started
+    from a terminal). Usage: meterguard exec --app NAME -- CMD [ARGS...]. The cgroup is
+    `meterguard.slice/app-meterguard-NAME-PID.scope` below the cgroup v2 root; the command
+    replaces this process, so its exit status is the command's.
+    """
+    from meterguard.kernel.cgroupfs import create_cgroup, find_cgroup2_mount, move_pid
+
+    argv = list(ctx.args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        fail("no command given: meterguard exec --app NAME -- CMD [ARGS...]", 2)
+    if not app_name or "/" in app_name or not app_name.replace("-", "").replace(
+        "_", ""
+    ).replace(".", "").isalnum():
+        fail(f"--app {app_name!r}: use letters, digits, '.', '_' and '-'", 2)
+    escaped = app_name.replace("-", "\\x2d")
+    unit = f"meterguard.slice/app-meterguard-{escaped}-{os.getpid()}.scope"
+    try:
+        mount = find_cgroup2_mount()
+        create_cgroup(mount, unit)
+        move_pid(mount, unit, os.getpid())
+    except OSError as exc:
+        fail(f"cannot create cgroup {unit}: {exc.strerror or exc} (root needed)", 77)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        fail(f"{argv[0]}: {exc.strerror or exc}", 127)
+
+
+@app.command()
+def uninstall(
+    state_dir: StateOpt = DEFAULT_STATE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Put back everything meterguard changed: remove its table, restore interface settings.
+
+    Removes the nftables table `inet meterguard` (and with it every counter) and restores
+    gso_max_segs and GRO on the interfaces the daemon tuned. The ledger in the state
+    directory is kept: it is the user's data. Stop the daemon first.
+    """
+    from meterguard.daemon import StatePaths, read_status
+    from meterguard.kernel.links import LinkTuner, SystemLinks
+    from meterguard.kernel.nft import NftError, default_backend
+    from meterguard.kernel.ruleset import render_delete_table
+
+    require_root("meterguard uninstall")
+    st = read_status(state_dir)
+    if st and _alive(int(st.get("pid", 0))):
+        fail(f"the daemon still runs (pid {st['pid']}): stop it first", 1)
+    try:
+        default_backend().run(render_delete_table())
+    except NftError as exc:
+        fail(f"cannot remove the table: {exc}")
+    restored = LinkTuner(SystemLinks(), StatePaths(state_dir).links).restore_all()
+    if json_out:
+        print_json({"table_removed": True, "interfaces_restored": restored})
+    else:
+        print("removed nftables table inet meterguard")
+        for ifname in restored:
+            print(f"restored gso_max_segs and GRO on {ifname}")
+
+
+register_report(app)
+
+
+def _register_demo() -> None:
+    from meterguard.cli.demo import register
+
+    register(app)
+
+
+_register_demo()
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""`meterguard run`: the foreground daemon.
+
+It runs in the network namespace it was started in, polls the kernel every `interval`
+seconds on a monotonic schedule (a slow poll is followed at once by the next, never by a
+burst), writes a small status file for `status` and `top`, and stops cleanly on SIGTERM or
+SIGINT. Stopping leaves the table in place: the kernel keeps counting, so nothing is lost
+until the next start, and interface settings are put back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from meterguard.config import Config
+from meterguard.core.clock import Clock, SystemClock
+from meterguard.kernel.cgroupfs import CgroupFs
+from meterguard.kernel.links import LinkTuner, SystemLinks
+from meterguard.kernel.nft import default_backend
+from meterguard.kernel.table_reader import NetlinkCounterSource
+from meterguard.ledger.store import Ledger
+from meterguard.meter.meter import Meter, PollResult
+
+log = logging.getLogger("meterguard.daemon")
+
+STATUS_FILE = "status.json"
+LEDGER_FILE = "ledger.sqlite3"
+LINKS_FILE = "link-settings.json"
+LOCK_FILE = "daemon.lock"
+PRUNE_EVERY_S = 3600.0
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def ledger_path(state_dir: Path) -> Path:
+    return state_dir / LEDGER_FILE
+
+
+@dataclass
+class StatePaths:
+    state_dir: Path
+
+    @property
+    def ledger(self) -> Path:
+        return self.state_dir / LEDGER_FILE
+
+    @property
+    def status(self) -> Path:
+        return self.state_dir / STATUS_FILE
+
+    @property
+    def links(self) -> Path:
+        return self.state_dir / LINKS_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.state_dir / LOCK_FILE
+
+
+def network_resolver(config: Config) -> tuple[list[str], Any]:
+    """The metered interface globs, and ifname -> network name for metered links only."""
+    metered = config.metered_networks()
+    globs = [g for net in metered for g in net.interfaces]
+    cache: dict[str, str | None] = {}
+
+    def network_of(ifname: str) -> str | None:
+        if ifname not in cache:
+            cache[ifname] = next(
+                (n.name for n in metered if any(fnmatchcase(ifname, g) for g in n.interfaces)),
+                None,
+            )
+        return cache[ifname]
+
+    return globs, network_of
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, separators=(",", ":")))
+    tmp.replace(path)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _lock(path: Path) -> IO[str]:
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise AlreadyRunning(f"another meterguard daemon holds {path}") from exc
+    return handle
+
+
+class Daemon:
+    def __init__(self, config: Config, state_dir: Path, clock: Clock | None = None) -> None:
+        self.config = config
+        self.paths = StatePaths(state_dir)
+        self.clock = clock or SystemClock()
+        self._stop = threading.Event()
+
+    def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
+        log.info("stopping (signal %s)", signum)
+        self._stop.set()
+
+    def run(self) -> None:
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock(self.paths.lock)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
+        globs, network_of = network_resolver(self.config)
+        if not globs:
+            log.warning("no metered network in the configuration: nothing will be counted")
+        links = SystemLinks()
+        source = NetlinkCounterSource(links, lambda i: network_of(i) is not None)
+        ledger = Ledger.open(self.paths.ledger)
+        meter = Meter(
+            nft=default_backend(),
+            source=source,
+            marks=source,
+            tree=CgroupFs(),
+            links=links,
+            tuner=LinkTuner(links, self.paths.links),
+            ledger=ledger,
+            metered_globs=globs or ["meterguard-none"],
+            network_of=network_of,
+        )
+        started = self.clock.now()
+        try:
+            meter.start(int(started))
+            log.info("started: metered interfaces %s, cgroup levels %d, every %.1f s",
+                     ", ".join(globs) or "(none)", meter.levels, self.config.daemon.interval)
+            self._loop(meter, ledger, network_of, started)
+        finally:
+            restored = meter.stop()
+            if restored:
+                log.info("restored interface settings of %s", ", ".join(restored))
+            ledger.close()
+            source.close()
+            try:
+                self.paths.status.unlink()
+            except OSError:
+                pass
+            lock.close()
+            log.info("stopped")
+
+    def _loop(self, meter: Meter, ledger: Ledger, network_of: Any, started: float) -> None:
+        interval = self.config.daemon.interval
+        next_tick = self.clock.monotonic()
+        last_prune = 0.0
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            result = meter.poll(int(self.clock.now()))
+            poll_ms = (time.perf_counter() - t0) * 1000
+            self._publish(meter, result, interval, started, poll_ms, network_of)
+            if self.clock.monotonic() - last_prune > PRUNE_EVERY_S:
+                last_prune = self.clock.monotonic()
+                ledger.prune(int(self.clock.now()), self.config.ledger.minute_retention_days)
+            next_tick += interval
+            delay = next_tick - self.clock.monotonic()
+            if delay < 0:  # fell behind: resume the schedule from now
+                next_tick = self.clock.monotonic()
+                delay = 0
+            self._stop.wait(delay)
+
+    def _publish(
+        self, meter: Meter, result: PollResult, interval: float, started: float,
+        poll_ms: float, network_of: Any,
+    ) -> None:
+        rates = [
+            {"network": net, "app": app, "up_bps": up / interval, "down_bps": down / interval}
+            for (net, app), (up, down) in sorted(result.usage.items())
+        ]
+        ifaces = {i: network_of(i) for i in SystemLinks().names() if network_of(i)}
+        write_status(self.paths.status, {
+            "pid": os.getpid(),
+            "started_at": started,
+            "last_poll_at": result.at,
+            "interval": interval,
+            "poll_ms": round(poll_ms, 3),
+            "cgroup_levels": meter.levels,
+            "cgroups_tracked": len(meter.registry.live()),
+            "interfaces": ifaces,
+            "rates": rates,
+        })
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
