@@ -17,7 +17,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -71,16 +70,13 @@ class StatePaths:
 
 def network_resolver(config: Config) -> tuple[list[str], Any]:
     """The metered interface globs, and ifname -> network name for metered links only."""
-    metered = config.metered_networks()
-    globs = [g for net in metered for g in net.interfaces]
+    globs = [g for net in config.metered_networks() for g in net.interfaces]
     cache: dict[str, str | None] = {}
 
     def network_of(ifname: str) -> str | None:
         if ifname not in cache:
-            cache[ifname] = next(
-                (n.name for n in metered if any(fnmatchcase(ifname, g) for g in n.interfaces)),
-                None,
-            )
+            net = config.network_for_interface(ifname)
+            cache[ifname] = net.name if net is not None and net.metered else None
         return cache[ifname]
 
     return globs, network_of

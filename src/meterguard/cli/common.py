@@ -73,7 +73,7 @@ def local_zone_name() -> str:
 def report_zone(config: Config, override: str | None) -> ZoneInfo:
     """The zone reports use: --tz, else the first network that names one, else the system's."""
     name = override or next(
-        (n.time_zone for n in config.networks if n.time_zone), None
+        (n.time_zone for n in config.network if n.time_zone), None
     ) or local_zone_name()
     try:
         return ZoneInfo(name)

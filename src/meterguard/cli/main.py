@@ -94,7 +94,7 @@ def status(
         "interfaces": st.get("interfaces", {}) if st else {},
         "networks": [
             {"name": n.name, "interfaces": list(n.interfaces), "metered": n.metered}
-            for n in cfg.networks
+            for n in cfg.network
         ],
         "today": day_totals(cfg, state_dir),
     }
@@ -108,7 +108,7 @@ def status(
         age = time.time() - float(st.get("last_poll_at", 0))
         print(f"last poll: {age:.1f} s ago, took {st.get('poll_ms')} ms; "
               f"{st.get('cgroups_tracked')} cgroups tracked")
-    for net in cfg.networks:
+    for net in cfg.network:
         ifs = [i for i, n in data["interfaces"].items() if n == net.name]
         kind = "metered" if net.metered else "unmetered"
         print(f"network {net.name} ({kind}): {', '.join(net.interfaces)}"
