@@ -9,6 +9,7 @@ until the next start, and interface settings are put back.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -151,10 +152,8 @@ class Daemon:
                 log.info("restored interface settings of %s", ", ".join(restored))
             ledger.close()
             source.close()
-            try:
+            with contextlib.suppress(OSError):
                 self.paths.status.unlink()
-            except OSError:
-                pass
             lock.close()
             log.info("stopped")
 

@@ -12,7 +12,7 @@ from meterguard.meter.attribution import (
     attribute,
     exclusive_socket_bytes,
 )
-from meterguard.meter.readings import KernelReadings
+from meterguard.meter.readings import KernelReadings, SocketKey
 
 APPS = {1: "firefox", 2: "packagekit", 3: "burst"}
 # A tiny tree: 10 (level 1) -> 11 (level 2) -> 12 (level 3); 20 (level 1).
@@ -20,7 +20,9 @@ PARENTS = {10: None, 11: 10, 12: 11, 20: None}
 CG_APPS = {10: "user", 11: "firefox", 12: "firefox-child", 20: "sshd"}
 
 
-def run(delta: KernelReadings, state: AttributionState | None = None) -> dict[tuple[str, str], list[int]]:
+def run(
+    delta: KernelReadings, state: AttributionState | None = None
+) -> dict[tuple[str, str], list[int]]:
     return attribute(
         delta,
         network_of=lambda i: "esim" if i.startswith("wwan") else None,
@@ -53,7 +55,7 @@ def test_unknown_marks_and_unmetered_interfaces_are_not_claimed() -> None:
 
 def test_levels_subtract_children() -> None:
     # Socket counts at level k include every descendant's bytes.
-    deltas = {
+    deltas: dict[SocketKey, int] = {
         ("wwan0", "down", 1, 10): 600,
         ("wwan0", "down", 2, 11): 500,
         ("wwan0", "down", 3, 12): 200,
@@ -116,7 +118,7 @@ def test_breakdown_adds_up_to_the_interface_total(
     marks: dict[int, int], socket: dict[int, int], child_share: float, extra: int, fwd: int
 ) -> None:
     child = int(socket[10] * child_share)
-    sock = {
+    sock: dict[SocketKey, int] = {
         ("wwan0", "up", 1, 10): socket[10],
         ("wwan0", "up", 2, 11): child,
         ("wwan0", "up", 1, 20): socket[20],

@@ -11,7 +11,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 
-from meterguard.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config, ConfigError, load_config
+from meterguard.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_STATE_DIR,
+    Config,
+    ConfigError,
+    load_config,
+)
 
 ConfigOpt = Annotated[
     Path,

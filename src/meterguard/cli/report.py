@@ -61,7 +61,8 @@ def report(
     ] = 0,
     network: Annotated[str | None, typer.Option(help="Only this network.")] = None,
     tz: Annotated[
-        str | None, typer.Option("--tz", help="IANA time zone (default: the network's, else the system's).")
+        str | None,
+        typer.Option("--tz", help="IANA time zone (default: the network's, else the system's)."),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -84,7 +85,7 @@ def report(
     zone = report_zone(cfg, tz)
     start, end = period_seconds(period, datetime.now(UTC), zone, offset=-previous)  # type: ignore[arg-type]
     ledger = _open_ledger(state_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
     if ledger is not None:
         with ledger:
             rows = [r.as_dict() for r in ledger.totals(start, end, by=by, network=network)]  # type: ignore[arg-type]
@@ -123,7 +124,7 @@ def apps(
     `meterguard exec --app NAME` cgroups, else the executable.
     """
     ledger = _open_ledger(state_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
     if ledger is not None:
         with ledger:
             rows = [
@@ -135,7 +136,7 @@ def apps(
         print_json({"apps": rows})
         return
     for a in rows:
-        seen = datetime.fromtimestamp(int(a["last_seen"] or 0)).strftime("%Y-%m-%d %H:%M")  # type: ignore[arg-type]
+        seen = datetime.fromtimestamp(int(a["last_seen"] or 0)).strftime("%Y-%m-%d %H:%M")
         print(f"{a['app']!s:<32} {a['kind'] or '-'!s:<14} last seen {seen}")
 
 

@@ -188,12 +188,12 @@ class Meter:
         script = render_add_marks([(self._tree.nft_path(p), m) for p, m in elements])
         try:
             self._nft.run(script)
-        except Exception as exc:  # noqa: BLE001 - one vanished cgroup fails the whole batch
+        except Exception as exc:
             log.debug("batch of %d marks refused (%s); adding one by one", len(elements), exc)
             for path, mark in elements:
                 try:
                     self._nft.run(render_add_marks([(self._tree.nft_path(path), mark)]))
-                except Exception:  # noqa: BLE001 - it vanished: socket matching covers it
+                except Exception:
                     continue
 
     def _tune_links(self) -> None:

@@ -63,8 +63,9 @@ def name_cgroup(node: CgroupNode, tree: CgroupTree) -> AppIdentity:
     exes = tree.executables(node.path)
     if exes:
         return identify_executable(exes[0], unit)
-    kind = "session" if unit.startswith("session-") else "executable"
-    return AppIdentity(name=unit, kind=kind, unit=unit)
+    if unit.startswith("session-"):
+        return AppIdentity(name=unit, kind="session", unit=unit)
+    return AppIdentity(name=unit, kind="executable", unit=unit)
 
 
 class CgroupRegistry:
