@@ -1,0 +1,145 @@
+"""Processes the lab starts, and how it ends them.
+
+Every process the lab starts gets a session (and so a process group) of its
+own, and is remembered.  Teardown signals exactly those groups, then kills by
+PID whatever still sits in the lab's own namespaces or cgroups (only processes
+started into the lab's resources can be there).  Nothing is ever killed by
+name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+Stream = int | IO[str] | None
+
+
+def _is_gone(pid: int) -> bool:
+    """True when the pid no longer runs (absent, or a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    # Field 3 (after the parenthesised comm, which may contain spaces) is the state.
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _protected_pids() -> set[int]:
+    """This process and its ancestors: never signalled, even if they entered a lab netns."""
+    pids: set[int] = set()
+    pid = os.getpid()
+    for _ in range(64):
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            break
+    return pids
+
+
+def kill_pids(pids: Iterable[int], deadline_s: float = 5.0) -> list[int]:
+    """SIGKILL each pid and wait (bounded) until it is gone; return pids still running."""
+    targets = sorted(set(pids) - _protected_pids())
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        left = [pid for pid in targets if not _is_gone(pid)]
+        if not left:
+            return []
+        time.sleep(0.02)
+    return [pid for pid in targets if not _is_gone(pid)]
+
+
+class LabProcesses:
+    """Registry of the processes (and their process groups) one lab started."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[str]] = []
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: Stream = subprocess.DEVNULL,
+        stdout: Stream = None,
+        stderr: Stream = None,
+    ) -> subprocess.Popen[str]:
+        # start_new_session: the child leads a new process group, so teardown
+        # can signal it and anything it forks without touching anything else.
+        proc = subprocess.Popen(
+            list(argv),
+            env=None if env is None else dict(env),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+        self._procs.append(proc)
+        return proc
+
+    def _signal_groups(self, sig: signal.Signals) -> None:
+        for proc in self._procs:
+            # The group id equals the leader's pid.  A pid is not handed out
+            # again while it still names a live process group, so this cannot
+            # reach a stranger's group while any member of ours is alive.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+
+    def _groups_alive(self) -> bool:
+        for proc in self._procs:
+            proc.poll()  # reap the leader so it does not linger as a zombie
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                continue
+            if proc.returncode is None or not _group_is_zombies(proc.pid):
+                return True
+        return False
+
+    def stop_all(self, grace_s: float = 3.0, deadline_s: float = 5.0) -> None:
+        """SIGTERM every group the lab created, then SIGKILL what is left; reap leaders."""
+        self._signal_groups(signal.SIGTERM)
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end and self._groups_alive():
+            time.sleep(0.02)
+        self._signal_groups(signal.SIGKILL)
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end and self._groups_alive():
+            time.sleep(0.02)
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, end - time.monotonic()))
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        self._procs = [p for p in self._procs if p.returncode is None]
+
+
+def _group_is_zombies(pgid: int) -> bool:
+    """True when every process left in group pgid is a zombie (dead, waiting to be reaped)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return False
+    return True
