@@ -54,35 +54,8 @@ def is_glob(pattern: str) -> bool:
 
 
 def _glob_min_bytes(pattern: str) -> int:
-    """Length in bytes of the shortest name `pattern` can match; refuse an unclosed '['.
-
-    Brackets are scanned the way fnmatch does it (a leading '!' negates, a leading
-    ']' is literal). fnmatch would quietly treat an unclosed '[' as a literal
-    character, which is never what someone writing `wwan[0` meant.
-    """
-    length, i, n = 0, 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        i += 1
-        if char == "*":
-            continue
-        if char == "[":
-            j = i
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                raise ValueError(f"unclosed '[' in the glob {pattern!r}")
-            i = j + 1
-            length += 1
-        elif char == "?":
-            length += 1
-        else:
-            length += len(char.encode())
-    return length
+    """Length in bytes of the shortest name a `prefix*` glob can match."""
+    return len(pattern.rstrip("*").encode())
 
 
 def _check_interface(value: str) -> str:
@@ -91,6 +64,16 @@ def _check_interface(value: str) -> str:
     if any(char in "/:" or char.isspace() for char in value):
         # The kernel's dev_valid_name() refuses these.
         raise ValueError(f"{value!r}: interface names cannot contain '/', ':' or whitespace")
+    if '"' in value or "\\" in value:
+        raise ValueError(f"{value!r}: interface names cannot contain quotes or backslashes")
+    if is_glob(value) and not (value.endswith("*") and not is_glob(value[:-1])):
+        # nftables matches interface names literally or with one trailing '*' wildcard, and
+        # the kernel does the matching (so it holds while the daemon is down): nothing else
+        # can be expressed.
+        raise ValueError(
+            f"the glob {value!r} cannot be matched by nftables: use a name, or a prefix "
+            "followed by one '*' (e.g. 'wwan*')"
+        )
     if is_glob(value):
         shortest = _glob_min_bytes(value)
         if shortest > IFNAME_MAX_BYTES:
