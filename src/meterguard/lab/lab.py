@@ -16,21 +16,17 @@ halfway, and is idempotent.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import meterguard
-from meterguard.lab import traffic_server
 from meterguard.lab.apps import LabApp
 from meterguard.lab.carrier import Carrier
 from meterguard.lab.cgroups import (
@@ -53,6 +49,7 @@ from meterguard.lab.netns import (
     sysctl,
 )
 from meterguard.lab.procs import LabProcesses, Stream, kill_pids
+from meterguard.lab.servers import InternetServers
 from meterguard.lab.topology import (
     CARRIER_HOST_IF,
     CARRIER_INET_IF,
@@ -68,6 +65,7 @@ from meterguard.lab.topology import (
     Topology,
     Via,
 )
+from meterguard.lab.traffic_server import PortStats
 
 STATE_BASE = Path("/run/meterguard-lab")
 ROLES = ("inet", "carrier", "host")
@@ -76,7 +74,6 @@ USER_APP_SLICE = "user.slice/user-1000.slice/user@1000.service/app.slice"
 SYSTEM_SLICE = "system.slice"
 DAEMON_UNIT = f"{SYSTEM_SLICE}/meterguard.service"
 _UNIT_COMPONENT = re.compile(r"^[A-Za-z0-9@_.:\\-]+$")
-SERVER_MAX_SECONDS = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -119,8 +116,10 @@ class Lab:
         self._created_ns: list[str] = []
         self._created_cgroups = False
         self._created_state = False
-        self._server: subprocess.Popen[str] | None = None
-        self._served: set[int] = set()
+        self.servers = InternetServers(
+            self.state_dir,
+            lambda argv, log: self.popen(self.ns_cmd("inet", argv), stdout=log, stderr=log),
+        )
         self._in_teardown = False
         self.built = False
 
@@ -209,8 +208,7 @@ class Lab:
             if self._created_state:
                 step("remove state dir", lambda: shutil.rmtree(self.state_dir))
                 self._created_state = self.state_dir.exists()
-            self._server = None
-            self._served = set()
+            self.servers.forget()
             self.built = False
         finally:
             self._in_teardown = False
@@ -329,64 +327,23 @@ class Lab:
 
     @property
     def control_socket(self) -> Path:
-        return self.state_dir / "servers.sock"
+        """UNIX socket of the servers' STATS/QUIT control channel (outside every netns)."""
+        return self.servers.control_socket
 
     def start_servers(self, ports: Iterable[int], timeout: float = 20.0) -> None:
-        """(Re)start the one internet server process so it serves all these ports too."""
-        wanted = sorted(set(ports) | self._served)
-        if any(not 0 < p < 65536 for p in wanted):
-            raise LabError(f"bad ports {wanted}")
-        if self._server is not None:
-            self._stop_server()
-        log = (self.state_dir / "servers.log").open("w")
-        with log:
-            argv = [
-                sys.executable, "-m", "meterguard.lab.traffic", "server",
-                "--ports", ",".join(map(str, wanted)), "--control", str(self.control_socket),
-                "--max-seconds", str(SERVER_MAX_SECONDS),
-            ]  # fmt: skip
-            proc = self.popen(self.ns_cmd("inet", argv), stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(OSError, ValueError):
-                traffic_server.query(str(self.control_socket), timeout=1.0)
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                text = (self.state_dir / "servers.log").read_text()[-2000:]
-                raise LabError(f"internet servers did not start (rc={proc.poll()}):\n{text}")
-            time.sleep(0.02)
-        self._server = proc
-        self._served = set(wanted)
-
-    def _stop_server(self) -> None:
-        server = self._server
-        if server is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            traffic_server.query(str(self.control_socket), "QUIT", timeout=2.0)
-        try:
-            server.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5.0)
-        self._server = None
+        """(Re)start the one internet server process so it serves these ports too."""
+        self.servers.start(ports, timeout)
 
     def check_served(self, port: int) -> None:
-        if port not in self._served:
-            raise LabError(f"no lab server on port {port}: call lab.start_servers([{port}])")
+        self.servers.check_served(port)
 
-    def server_stats(self) -> dict[int, traffic_server.PortStats]:
+    def server_stats(self) -> dict[int, PortStats]:
         """Payload the servers themselves saw per port (TCP sent/received, UDP datagrams)."""
-        answer = traffic_server.query(str(self.control_socket))
-        ports = answer.get("ports")
-        if not isinstance(ports, dict):
-            raise LabError(f"bad server stats: {answer!r}")
-        return {int(p): traffic_server.PortStats(**s) for p, s in ports.items()}
+        return self.servers.stats()
 
     def udp_received(self, port: int) -> tuple[int, int]:
         """(datagrams, payload bytes) the UDP sink on `port` received."""
-        stats = self.server_stats()[port]
+        stats = self.servers.stats()[port]
         return stats.udp_datagrams, stats.udp_bytes
 
     # --- addresses, measurement, link events -------------------------------------------------
