@@ -88,46 +88,51 @@ class LabProcesses:
             text=True,
             start_new_session=True,
         )
-        self._procs.append(proc)
+        # Forget processes someone already waited for: their group ids may be reused.
+        self._procs = [*self._unreaped(), proc]
         return proc
 
-    def _signal_groups(self, sig: signal.Signals) -> None:
-        for proc in self._procs:
-            # The group id equals the leader's pid.  A pid is not handed out
-            # again while it still names a live process group, so this cannot
-            # reach a stranger's group while any member of ours is alive.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-
-    def _groups_alive(self) -> bool:
-        for proc in self._procs:
-            proc.poll()  # reap the leader so it does not linger as a zombie
-            try:
-                os.killpg(proc.pid, 0)
-            except (ProcessLookupError, PermissionError):
-                continue
-            if proc.returncode is None or not _group_is_zombies(proc.pid):
-                return True
-        return False
+    def _unreaped(self) -> list[subprocess.Popen[str]]:
+        return [proc for proc in self._procs if proc.returncode is None]
 
     def stop_all(self, grace_s: float = 3.0, deadline_s: float = 5.0) -> None:
-        """SIGTERM every group the lab created, then SIGKILL what is left; reap leaders."""
-        self._signal_groups(signal.SIGTERM)
-        end = time.monotonic() + grace_s
-        while time.monotonic() < end and self._groups_alive():
-            time.sleep(0.02)
-        self._signal_groups(signal.SIGKILL)
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end and self._groups_alive():
-            time.sleep(0.02)
+        """SIGTERM every process group the lab created, then SIGKILL what is left; reap.
+
+        A group is only signalled while its leader is not yet reaped (running,
+        or a zombie we have not waited for): until then the leader's pid, and
+        so the group id, cannot be handed to another process.  Exits are
+        checked with waitid(WNOWAIT), which does not reap.  Leftovers of groups
+        whose leader was already reaped are in the lab's namespaces or cgroups
+        and are killed by PID there.
+        """
+        groups = self._unreaped()
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, deadline_s)):
+            for proc in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+            end = time.monotonic() + wait_s
+            while time.monotonic() < end and any(_group_running(p.pid) for p in groups):
+                time.sleep(0.02)
         for proc in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.0, end - time.monotonic()))
+                proc.wait(timeout=1.0)
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
-        self._procs = [p for p in self._procs if p.returncode is None]
+        self._procs = self._unreaped()
+
+
+def _leader_exited(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
+
+
+def _group_running(pgid: int) -> bool:
+    """True while the leader or any other member of group pgid has not exited."""
+    return not _leader_exited(pgid) or not _group_is_zombies(pgid)
 
 
 def _group_is_zombies(pgid: int) -> bool:
