@@ -369,7 +369,8 @@ def test_failed_build_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @privileged
-def test_cleanup_stale_after_a_crashed_run() -> None:
+@pytest.mark.parametrize("by_owner", [False, True], ids=["by-prefix", "dead-owner"])
+def test_cleanup_stale_after_a_crashed_run(by_owner: bool) -> None:
     prefix = new_prefix()
     crasher = textwrap.dedent(
         f"""
@@ -394,7 +395,10 @@ def test_cleanup_stale_after_a_crashed_run() -> None:
         proc.wait(timeout=10)
     with pytest.raises(LabError, match="in use"):
         Lab(prefix=prefix).build()
-    Lab.cleanup_stale(prefix)
+    if by_owner:
+        assert prefix in Lab.cleanup_orphans()
+    else:
+        Lab.cleanup_stale(prefix)
     assert_nothing_left(prefix, left)
     with Lab(prefix=prefix) as again:  # the prefix is usable again
         assert again.built

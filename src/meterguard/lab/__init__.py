@@ -15,6 +15,7 @@ from meterguard.lab.traffic_client import ClientResult
 from meterguard.lab.traffic_server import PortStats
 
 cleanup_stale = Lab.cleanup_stale
+cleanup_orphans = Lab.cleanup_orphans
 
 __all__ = [
     "Carrier",
@@ -31,5 +32,6 @@ __all__ = [
     "PortStats",
     "TrafficHandle",
     "cgroup2_mount",
+    "cleanup_orphans",
     "cleanup_stale",
 ]

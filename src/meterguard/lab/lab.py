@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 import meterguard
+from meterguard.lab import stale
 from meterguard.lab.apps import LabApp
 from meterguard.lab.carrier import Carrier
 from meterguard.lab.cgroups import (
@@ -50,6 +51,7 @@ from meterguard.lab.netns import (
 )
 from meterguard.lab.procs import LabProcesses, Stream, kill_pids
 from meterguard.lab.servers import InternetServers
+from meterguard.lab.stale import STATE_BASE
 from meterguard.lab.topology import (
     CARRIER_HOST_IF,
     CARRIER_INET_IF,
@@ -67,7 +69,6 @@ from meterguard.lab.topology import (
 )
 from meterguard.lab.traffic_server import PortStats
 
-STATE_BASE = Path("/run/meterguard-lab")
 ROLES = ("inet", "carrier", "host")
 # Names as on a systemd desktop, under the lab's own subtree.
 USER_APP_SLICE = "user.slice/user-1000.slice/user@1000.service/app.slice"
@@ -146,6 +147,7 @@ class Lab:
         try:
             self.state_dir.mkdir(parents=True)
             self._created_state = True
+            stale.write_owner(self.state_dir)
             make_cgroup(self.cgroup_root.path)
             self._created_cgroups = True
             make_cgroup(self.daemon_cgroup.path)
@@ -225,24 +227,9 @@ class Lab:
         if still:
             raise LabError(f"processes survived SIGKILL: {still}")
 
-    @staticmethod
-    def cleanup_stale(prefix: str) -> None:
-        """Remove what a crashed lab with this prefix left behind (namespaces, cgroups, state).
-
-        Every process inside those namespaces or that cgroup subtree was put
-        there by that lab, so they are killed by PID first.
-        """
-        check_prefix(prefix)
-        topo = Topology(prefix)
-        root = cgroup2_mount() / prefix
-        pids = [pid for name in topo.ns.values() for pid in ns_pids(name)]
-        still = kill_pids(pids + subtree_pids(root))
-        for name in topo.ns.values():
-            ns_delete(name)
-        remove_subtree(root)
-        shutil.rmtree(STATE_BASE / prefix, ignore_errors=True)
-        if still:
-            raise LabError(f"stale lab {prefix}: processes survived SIGKILL: {still}")
+    # Remove leftovers of a crashed lab by prefix, or of every lab whose owner died.
+    cleanup_stale = staticmethod(stale.cleanup_stale)
+    cleanup_orphans = staticmethod(stale.cleanup_orphans)
 
     # --- processes ---------------------------------------------------------------------------
 
