@@ -38,6 +38,9 @@ LEDGER_FILE = "ledger.sqlite3"
 LINKS_FILE = "link-settings.json"
 LOCK_FILE = "daemon.lock"
 PRUNE_EVERY_S = 3600.0
+# After this many failed polls in a row the daemon exits, so a supervisor
+# (systemd's Restart=always) starts it afresh.
+MAX_CONSECUTIVE_FAILURES = 30
 
 
 class AlreadyRunning(RuntimeError):
@@ -161,11 +164,22 @@ class Daemon:
         interval = self.config.daemon.interval
         next_tick = self.clock.monotonic()
         last_prune = 0.0
+        failures = 0
         while not self._stop.is_set():
             t0 = time.perf_counter()
-            result = meter.poll(int(self.clock.now()))
-            poll_ms = (time.perf_counter() - t0) * 1000
-            self._publish(meter, result, interval, started, poll_ms, network_of)
+            try:
+                result = meter.poll(int(self.clock.now()))
+            except Exception:
+                # The kernel keeps counting whatever happens here, so a failed poll loses
+                # nothing: log it and try again at the next tick rather than exit.
+                log.exception("poll failed; retrying at the next interval")
+                failures += 1
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise
+            else:
+                failures = 0
+                poll_ms = (time.perf_counter() - t0) * 1000
+                self._publish(meter, result, interval, started, poll_ms, network_of)
             if self.clock.monotonic() - last_prune > PRUNE_EVERY_S:
                 last_prune = self.clock.monotonic()
                 ledger.prune(int(self.clock.now()), self.config.ledger.minute_retention_days)

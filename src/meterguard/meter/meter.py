@@ -196,6 +196,14 @@ class Meter:
                 except Exception:
                     continue
 
+    def _forget(self, cgroup_ids: list[int]) -> None:
+        try:
+            self._marks.forget_cgroups(cgroup_ids)
+        except TableMissing:
+            raise
+        except OSError as exc:
+            log.debug("cannot prune marks of removed cgroups: %s", exc)
+
     def _tune_links(self) -> None:
         for ifname, index in self._links.index().items():
             if self._network_of(ifname) is not None and self._tuned.get(ifname) != index:
@@ -211,13 +219,10 @@ class Meter:
         if sync.max_level + LEVEL_HEADROOM > self._levels:
             self._levels = sync.max_level + LEVEL_HEADROOM
             self._reconcile()
-        self._add_marks(sync.added)
-        if sync.gone:
-            try:
-                self._marks.forget_cgroups([c.cgroup_id for c in sync.gone])
-            except OSError as exc:
-                log.debug("cannot prune marks of removed cgroups: %s", exc)
         try:
+            self._add_marks(sync.added)
+            if sync.gone:
+                self._forget([c.cgroup_id for c in sync.gone])
             readings = self._source.read(self._levels)
         except TableMissing:
             # Someone flushed the ruleset (or a reboot emptied it): rebuild, and count the
