@@ -75,7 +75,7 @@ def test_forwarded_traffic_has_its_own_bucket() -> None:
     assert usage == {("esim", FORWARDED): [0, 4242]}
 
 
-def test_negative_remainder_is_carried_not_written() -> None:
+def test_remainder_is_booked_from_cumulative_figures_never_early() -> None:
     state = AttributionState()
     first = run(KernelReadings(link={("wwan0", "up"): 100},
                                marked={("wwan0", "up", 1): 130}), state)

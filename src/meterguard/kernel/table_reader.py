@@ -1,10 +1,11 @@
-"""Reads every counter of `inet meterguard` over netlink, in an order that never over-claims.
+"""Reads every counter of `inet meterguard` over netlink, totals first and parts after.
 
-Within one packet's trip through the chains the interface counter is updated first and the
-per-app and per-level counters after it, and level k before level k+1. Reading in the
-reverse order (deepest level first, interface totals last) means a later read can only have
-seen more packets, so a child never exceeds its parent and the apps never exceed the
-interface: the remainder is never negative by more than the packets of one read.
+A packet reaches the interface's own statistics last, the interface counter in the hook
+before the per-app counter, and level k before level k+1. Reading in that same order
+(link statistics, interface totals, then apps, then levels from shallow to deep) means
+each part was read after its total, so `total - parts` can only come out *low*: the
+attribution books remainders from that lower bound and never over-books (see
+meter/attribution.py).
 """
 
 from __future__ import annotations
@@ -57,26 +58,6 @@ class NetlinkCounterSource:
 
     def read(self, levels: int) -> KernelReadings:
         r = KernelReadings()
-        for level in range(levels, 0, -1):
-            for suffix, direction in _DIRS:
-                for el in self._dump(socket_set(suffix, level)):
-                    ifname_b, cg_b = split_concat(el.key, (_IFNAMSIZ, 8))
-                    key = (decode_ifname(ifname_b), direction, level, decode_cgroup_id(cg_b))
-                    r.socket[key] = el.bytes or 0
-        for el in self._dump("super_out"):
-            ifname_b, mark_b = split_concat(el.key, (_IFNAMSIZ, 4))
-            r.super_up[(decode_ifname(ifname_b), decode_u32_host(mark_b))] = el.bytes or 0
-        for suffix, direction in _DIRS:
-            for el in self._dump(f"app_{suffix}"):
-                ifname_b, mark_b = split_concat(el.key, (_IFNAMSIZ, 4))
-                mkey = (decode_ifname(ifname_b), direction, decode_u32_host(mark_b))
-                r.marked[mkey] = el.bytes or 0
-        for suffix, direction in _DIRS:
-            for el in self._dump(f"fwd_{suffix}"):
-                r.forwarded[(decode_ifname(el.key), direction)] = el.bytes or 0
-            for el in self._dump(f"link_{suffix}"):
-                r.link[(decode_ifname(el.key), direction)] = el.bytes or 0
-        # The interface's own counters last: they see a packet after every hook did.
         indexes = self._links.index()
         for ifname, stats in self._links.stats().items():
             if not self._metered(ifname) or ifname not in indexes:
@@ -85,6 +66,25 @@ class NetlinkCounterSource:
                 self._link_types[ifname] = self._links.link_type(ifname)
             header = link_header_bytes(self._link_types[ifname])
             r.link_ip_up[(ifname, indexes[ifname])] = stats.tx_bytes - header * stats.tx_packets
+        for suffix, direction in _DIRS:
+            for el in self._dump(f"link_{suffix}"):
+                r.link[(decode_ifname(el.key), direction)] = el.bytes or 0
+            for el in self._dump(f"fwd_{suffix}"):
+                r.forwarded[(decode_ifname(el.key), direction)] = el.bytes or 0
+        for suffix, direction in _DIRS:
+            for el in self._dump(f"app_{suffix}"):
+                ifname_b, mark_b = split_concat(el.key, (_IFNAMSIZ, 4))
+                mkey = (decode_ifname(ifname_b), direction, decode_u32_host(mark_b))
+                r.marked[mkey] = el.bytes or 0
+        for el in self._dump("super_out"):
+            ifname_b, mark_b = split_concat(el.key, (_IFNAMSIZ, 4))
+            r.super_up[(decode_ifname(ifname_b), decode_u32_host(mark_b))] = el.bytes or 0
+        for level in range(1, levels + 1):
+            for suffix, direction in _DIRS:
+                for el in self._dump(socket_set(suffix, level)):
+                    ifname_b, cg_b = split_concat(el.key, (_IFNAMSIZ, 8))
+                    key = (decode_ifname(ifname_b), direction, level, decode_cgroup_id(cg_b))
+                    r.socket[key] = el.bytes or 0
         return r
 
     def cgroup_marks(self) -> dict[int, int]:

@@ -2,9 +2,14 @@
 
 The breakdown always adds up to the interface total: what no app can claim goes to the
 explicit `unattributed` app, and forwarded traffic (containers, VMs, a shared hotspot) to
-`forwarded`. Conservation is kept exactly; the only freedom is *when* a byte is booked: a
-remainder that comes out negative, because two counters were read a few microseconds apart,
-is carried to the next interval instead of being written as a negative row.
+`forwarded`.
+
+Remainders are booked from cumulative figures, never from one interval alone. The
+counters are read totals first and parts after (see kernel/table_reader.py), so at every
+read `total - parts` is a lower bound of the true remainder, exact whenever the link was
+quiet for a moment. Booking only what that bound adds (its running maximum) never books a
+byte that an app claims later, so the breakdown never exceeds the interface total and
+equals it as soon as the traffic pauses; no row is ever negative.
 """
 
 from __future__ import annotations
@@ -18,9 +23,6 @@ from meterguard.meter.readings import Direction, KernelReadings
 UNATTRIBUTED = "unattributed"
 FORWARDED = "forwarded"
 
-# A positive gap between the link statistics and the hooks with no super-packet to explain
-# it is link chatter (ARP, neighbour discovery); a carry beyond this bound is dropped.
-GAP_CARRY_LIMIT = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -30,11 +32,30 @@ class CgroupInfo:
 
 
 @dataclass(slots=True)
-class AttributionState:
-    """What one interval hands to the next: the carried remainders."""
+class Remainder:
+    """A cumulative `total - parts` and how much of it has been booked so far."""
 
-    unattributed_carry: dict[tuple[str, Direction], int] = field(default_factory=dict)
-    gap_carry: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+    parts: int = 0
+    booked: int = 0
+
+    def add(self, total: int, parts: int) -> int:
+        """Take one interval's figures; return what may be booked now (never negative)."""
+        self.total += total
+        self.parts += parts
+        due = self.total - self.parts - self.booked
+        if due <= 0:
+            return 0
+        self.booked += due
+        return due
+
+
+@dataclass(slots=True)
+class AttributionState:
+    """What one interval hands to the next: the cumulative remainders since the start."""
+
+    unattributed: dict[tuple[str, Direction], Remainder] = field(default_factory=dict)
+    headers: dict[str, Remainder] = field(default_factory=dict)
 
 
 Usage = dict[tuple[str, str], list[int]]  # (network, app) -> [bytes_up, bytes_down]
@@ -113,11 +134,8 @@ def attribute(
         if network is None:
             continue
         key = (ifname, direction)
-        rest = n - claimed.pop(key, 0) + state.unattributed_carry.pop(key, 0)
-        if rest >= 0:
-            _add(usage, network, UNATTRIBUTED, direction, rest)
-        else:
-            state.unattributed_carry[key] = rest
+        remainder = state.unattributed.setdefault(key, Remainder())
+        _add(usage, network, UNATTRIBUTED, direction, remainder.add(n, claimed.pop(key, 0)))
     for (ifname, direction), n in delta.forwarded.items():
         network = network_of(ifname)
         if network is not None:
@@ -146,11 +164,13 @@ def _correct_super_packets(
         network = network_of(ifname)
         if network is None:
             continue
-        gap = wire - hooks.get(ifname, 0) + state.gap_carry.pop(ifname, 0)
+        remainder = state.headers.setdefault(ifname, Remainder())
+        due = remainder.add(wire, hooks.get(ifname, 0))
         weights = {m: n for (i, m), n in delta.super_up.items() if i == ifname and n > 0}
-        if gap <= 0 or not weights:
-            state.gap_carry[ifname] = max(-GAP_CARRY_LIMIT, min(GAP_CARRY_LIMIT, gap))
+        if not due or not weights:
+            # A gap no super-packet explains is link chatter (ARP, neighbour discovery), not
+            # anybody's upload: it is dropped rather than saved for the next GSO sender.
             continue
-        for mark, share in _split(gap, weights).items():
+        for mark, share in _split(due, weights).items():
             app = app_of_mark(mark) if mark else None
             _add(usage, network, app or UNATTRIBUTED, "up", share)
