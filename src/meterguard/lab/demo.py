@@ -34,7 +34,9 @@ def _row(usage: Usage, app: str) -> tuple[int, int]:
     return usage.get(("esim", app), (0, 0))
 
 
-def run_demo(connections: int = 1000, keep_state: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_demo(
+    connections: int = 1000, keep_state: bool = False, quiet: bool = False
+) -> dict[str, Any]:
     console = Console(quiet=quiet, stderr=quiet)
     state = Path(tempfile.mkdtemp(prefix="meterguard-demo-"))
     prefix = f"mgdemo-{uuid.uuid4().hex[:5]}"
