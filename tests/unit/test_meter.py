@@ -12,7 +12,7 @@ from meterguard.kernel.links import FakeLinks, LinkStats, LinkTuner
 from meterguard.kernel.nft import FakeNft
 from meterguard.ledger.store import Ledger
 from meterguard.meter.attribution import UNATTRIBUTED
-from meterguard.meter.meter import Meter
+from meterguard.meter.meter import EXEC_GC_EVERY_POLLS, Meter
 from meterguard.meter.readings import FakeCounterSource, TableMissing
 
 FIREFOX = "user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-1234.scope"
@@ -195,3 +195,27 @@ def test_super_packet_headers_come_from_the_link_statistics(world: World) -> Non
         world.links.counters["wwan0"] = LinkStats(0, 0, 0, 0)
         meter.poll(T0 + 1)
         assert totals(ledger)["firefox"] == (64_000 + 44 * 28, 0)
+
+
+def test_empty_exec_cgroups_are_removed_after_two_checks(world: World) -> None:
+    exec_cg = "meterguard.slice/app-meterguard-backup-77.scope"
+    world.tree.add(exec_cg, exes=["/usr/bin/rsync"])
+    with Ledger.open(world.tmp / "l.db") as ledger:
+        meter = world.meter(ledger)
+        meter.start(T0)
+        polls = 0
+
+        def run(n: int) -> None:
+            nonlocal polls
+            for _ in range(n):
+                polls += 1
+                meter.poll(T0 + polls)
+
+        run(EXEC_GC_EVERY_POLLS * 2)
+        assert exec_cg in world.tree.nodes  # busy: kept
+        world.tree.exes[exec_cg] = []
+        run(EXEC_GC_EVERY_POLLS)
+        assert exec_cg in world.tree.nodes  # empty once: kept (it may be just made)
+        run(EXEC_GC_EVERY_POLLS)
+        assert exec_cg not in world.tree.nodes
+        assert {c.path: c.app for c in ledger.cgroups()}[exec_cg] == "backup"

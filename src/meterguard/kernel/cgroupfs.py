@@ -50,6 +50,8 @@ class CgroupTree(Protocol):
 
     def executables(self, path: str) -> list[str]: ...
 
+    def remove_if_empty(self, path: str) -> bool: ...
+
 
 class CgroupFs:
     """The real cgroup v2 filesystem."""
@@ -105,6 +107,18 @@ class CgroupFs:
         return exes
 
 
+    def remove_if_empty(self, path: str) -> bool:
+        """rmdir a cgroup with no process left in it (the kernel refuses otherwise)."""
+        try:
+            events = (self.mount / path / "cgroup.events").read_text()
+            if "populated 0" not in events:
+                return False
+            os.rmdir(self.mount / path)
+        except OSError:
+            return False
+        return True
+
+
 class FakeCgroupTree:
     """A cgroup tree held in memory, for tests of the meter."""
 
@@ -136,6 +150,12 @@ class FakeCgroupTree:
 
     def executables(self, path: str) -> list[str]:
         return list(self.exes.get(path, []))
+
+    def remove_if_empty(self, path: str) -> bool:
+        if self.exes.get(path) or any(p.startswith(path + "/") for p in self.nodes):
+            return False
+        self.remove(path)
+        return True
 
 
 def create_cgroup(mount: Path, path: str) -> Path:

@@ -27,6 +27,11 @@ from meterguard.meter.registry import CgroupLedger, CgroupRegistry, KnownCgroup
 log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "meter.counters"
+# `meterguard exec` leaves its cgroup behind when the command ends (the command replaced the
+# process that made it); the daemon removes such cgroups once they were empty at two checks
+# this far apart, after it recorded them, so their counters keep their app.
+EXEC_CGROUP_MARKER = "/app-meterguard-"
+EXEC_GC_EVERY_POLLS = 30
 # Rules cover a few levels below the deepest cgroup seen, so that a new, deeper cgroup does
 # not force a chain reload at once; a deeper one still does, atomically.
 LEVEL_HEADROOM = 2
@@ -138,6 +143,8 @@ class Meter:
         self._fresh = True
         self._levels = 1
         self._tuned: dict[str, int] = {}
+        self._polls = 0
+        self._empty_exec: set[str] = set()
 
     @property
     def registry(self) -> CgroupRegistry:
@@ -213,8 +220,23 @@ class Meter:
                     log.warning("cannot tune %s for exact counting: %s", ifname, exc)
                 self._tuned[ifname] = index
 
+    def _collect_exec_cgroups(self) -> None:
+        empty: set[str] = set()
+        for known in self._registry.live():
+            path = "/" + known.path
+            if EXEC_CGROUP_MARKER not in path:
+                continue
+            if known.path in self._empty_exec:
+                self._tree.remove_if_empty(known.path)
+            elif not self._tree.executables(known.path):
+                empty.add(known.path)
+        self._empty_exec = empty
+
     def poll(self, at: int) -> PollResult:
         self._tune_links()
+        self._polls += 1
+        if self._polls % EXEC_GC_EVERY_POLLS == 0:
+            self._collect_exec_cgroups()
         sync = self._registry.sync(at)
         if sync.max_level + LEVEL_HEADROOM > self._levels:
             self._levels = sync.max_level + LEVEL_HEADROOM
