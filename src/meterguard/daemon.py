@@ -182,7 +182,11 @@ class Daemon:
                 self._publish(meter, result, interval, started, poll_ms, network_of)
             if self.clock.monotonic() - last_prune > PRUNE_EVERY_S:
                 last_prune = self.clock.monotonic()
-                ledger.prune(int(self.clock.now()), self.config.ledger.minute_retention_days)
+                ledger.prune(
+                    int(self.clock.now()),
+                    self.config.ledger.minute_retention_days,
+                    bucket_retention_days=self.config.ledger.bucket_retention_days,
+                )
             next_tick += interval
             delay = next_tick - self.clock.monotonic()
             if delay < 0:  # fell behind: resume the schedule from now
