@@ -120,10 +120,10 @@ def test_sizes_and_integers() -> None:
     text = """\
 [plans.a]
 quota = 1048576
-cycle = "x"
+cycle = "daily"
 [plans.b]
 quota = "500 MiB"
-cycle = "x"
+cycle = "daily"
 [daemon]
 interval = 2
 """
@@ -146,7 +146,8 @@ BAD: list[tuple[str, str, int, str | None, str]] = [
     ("hint", "[daemon]\nintervall = 2\n", 2, "daemon.intervall", "did you mean 'interval'"),
     ("unknown key, 2nd network", _good("metered = false", "meterd = 0"), 18, f"{NET1}.meterd",
      "known keys here: name, interfaces, metered, plan, time_zone"),
-    ("unknown key in a plan", _good('cycle = "monthly:15"', 'cycle = "m"\nrollover = 1'), 23,
+    ("unknown key in a plan",
+     _good('cycle = "monthly:15"', 'cycle = "monthly:15"\nrollover = 1'), 23,
      "plans.hk-monthly.rollover", "unknown key"),
     ("wrong type", _good("metered = true", 'metered = "yes"'), 11, f"{NET0}.metered",
      "expected true or false, got a string ('yes')"),

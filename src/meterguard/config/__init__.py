@@ -6,6 +6,7 @@ can keep the last good ruleset in force. The reference is docs/configuration.md.
 
 from meterguard.config.errors import ConfigError
 from meterguard.config.loader import load_config, parse_config
+from meterguard.config.plans import AlertsConfig, PlanConfig
 from meterguard.config.schema import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
@@ -14,7 +15,6 @@ from meterguard.config.schema import (
     DaemonConfig,
     LedgerConfig,
     NetworkConfig,
-    PlanConfig,
     is_glob,
 )
 
@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_STATE_DIR",
     "IFNAME_MAX_BYTES",
+    "AlertsConfig",
     "Config",
     "ConfigError",
     "DaemonConfig",

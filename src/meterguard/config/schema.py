@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from meterguard.config.errors import ConfigError, Loc, format_field
-from meterguard.core.units import parse_size
+from meterguard.config.plans import AlertsConfig, PlanConfig, parse_byte_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/meterguard/meterguard.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/meterguard")
@@ -89,14 +89,6 @@ def _check_interface(value: str) -> str:
     return value
 
 
-def _parse_byte_size(value: object) -> object:
-    # bool is an int in Python, and a TOML float such as 20.5 has no unit: both are
-    # more likely mistakes than byte counts.
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError('write a size as a string such as "20 GB" or a whole number of bytes')
-    return parse_size(value)
-
-
 def _check_time_zone(value: str) -> str:
     try:
         ZoneInfo(value)
@@ -117,7 +109,7 @@ def _check_state_dir(value: object) -> object:
 
 Name = Annotated[str, AfterValidator(_check_name)]
 InterfacePattern = Annotated[str, AfterValidator(_check_interface)]
-ByteSize = Annotated[int, BeforeValidator(_parse_byte_size), Field(gt=0)]
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size), Field(gt=0)]
 TimeZoneName = Annotated[str, AfterValidator(_check_time_zone)]
 
 
@@ -152,14 +144,6 @@ class LedgerConfig(_Section):
                 f"must be 0 (forever) or at least minute_retention_days ({minutes}), got {keep}"
             )
         return keep
-
-
-class PlanConfig(_Section):
-    """`[plans.NAME]`: a data plan that networks can name."""
-
-    quota: ByteSize
-    # Free text for now; the plans module parses and validates it.
-    cycle: Annotated[str, Field(min_length=1)]
 
 
 class NetworkConfig(_Section):
@@ -197,6 +181,7 @@ class Config(_Section):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     network: list[NetworkConfig] = Field(default_factory=list)
     plans: dict[Name, PlanConfig] = Field(default_factory=dict)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -228,6 +213,10 @@ class Config(_Section):
 
     def plan_for(self, network: NetworkConfig) -> PlanConfig | None:
         return None if network.plan is None else self.plans[network.plan]
+
+    def plan_networks(self, plan: str) -> list[NetworkConfig]:
+        """The metered networks that draw on `plan` (more than one may share it)."""
+        return [n for n in self.network if n.plan == plan and n.metered]
 
 
 def _cross_field_problems(config: Config) -> list[tuple[Loc, str]]:
