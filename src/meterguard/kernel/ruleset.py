@@ -48,11 +48,31 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:*@+-]{1,15}$")
 
 
 @dataclass(frozen=True, slots=True)
+class PlanGuardSpec:
+    """A plan's cap in the kernel: a named quota over every metered link the plan covers.
+
+    The quota object is `plan-NAME`; the daemon keeps its limit equal to what the plan has
+    left (plus what the quota already consumed), so the cap holds with no daemon running.
+    `exempt_mark` is the conntrack mark of meterguard's own notifier, whose alerts must get
+    out over a paused link; `allow_list` adds the set `allow-NAME` of marks that pass
+    (cap action "block-others"). `used` is only written when persisting for a reboot.
+    """
+
+    name: str
+    interfaces: tuple[str, ...]
+    limit: int
+    exempt_mark: int | None = None
+    allow_list: bool = False
+    used: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RulesetSpec:
     """What the ruleset depends on: nothing that grows with apps or devices."""
 
     metered_interfaces: tuple[str, ...]
     levels: int
+    guards: tuple[PlanGuardSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.levels <= 32:
@@ -66,7 +86,40 @@ def socket_set(direction: str, level: int) -> str:
     return f"socket_{direction}_l{level}"
 
 
-def set_declarations(levels: int) -> dict[str, str]:
+def quota_name(plan: str) -> str:
+    return f"plan-{plan}"
+
+
+def allow_set(plan: str) -> str:
+    return f"allow-{plan}"
+
+
+def quota_declaration(guard: PlanGuardSpec) -> str:
+    used = f" used {guard.used} bytes" if guard.used else ""
+    return f"quota {quota_name(guard.name)} {{ over {guard.limit} bytes{used} }}"
+
+
+def guard_rules(guard: PlanGuardSpec, dev: str, ifname: str) -> list[str]:
+    """The two rules that stop a plan's traffic on one interface once its quota is used.
+
+    TCP is refused with a reset so apps fail at once instead of hanging (and a server
+    stops sending: fewer bytes billed past the cap); TCP resets themselves pass, so flows
+    the daemon ends can close. The two rules never both evaluate the quota for one packet.
+    """
+    cond = f"{dev} {_quote(ifname)} "
+    if guard.exempt_mark:
+        cond += f"ct mark != {guard.exempt_mark:#x} "
+    if guard.allow_list:
+        cond += f"ct mark != @{allow_set(guard.name)} "
+    quota = f'quota name "{quota_name(guard.name)}"'
+    tcp = "meta l4proto tcp tcp flags & rst == 0" if dev == "oifname" else "meta l4proto tcp"
+    return [
+        f"{cond}{tcp} {quota} reject with tcp reset",
+        f"{cond}meta l4proto != tcp {quota} drop",
+    ]
+
+
+def set_declarations(levels: int, guards: tuple[PlanGuardSpec, ...] = ()) -> dict[str, str]:
     """Every set and map of the table, name -> body."""
     dyn = f"flags dynamic; counter; size {SET_SIZE};"
     decl = {
@@ -82,6 +135,9 @@ def set_declarations(levels: int) -> dict[str, str]:
     for level in range(1, levels + 1):
         decl[socket_set("out", level)] = f"typeof oifname . socket cgroupv2 level {level}; {dyn}"
         decl[socket_set("in", level)] = f"typeof iifname . socket cgroupv2 level {level}; {dyn}"
+    for guard in guards:
+        if guard.allow_list:
+            decl[allow_set(guard.name)] = "type mark;"
     return decl
 
 
@@ -90,18 +146,34 @@ def _quote(ifname: str) -> str:
 
 
 def chain_rules(spec: RulesetSpec) -> dict[str, list[str]]:
-    """The rules of every chain, in order."""
+    """The rules of every chain, in order.
+
+    Upload is stopped before it is counted (a dropped packet never reaches the carrier);
+    download is counted before it is stopped (it was billed on arrival).
+    """
     rules: dict[str, list[str]] = {name: [] for name in (*BASE_CHAINS, *REGULAR_CHAINS)}
     for ifname in spec.metered_interfaces:
         rules["output"].append(f"oifname {_quote(ifname)} jump count_out")
         rules["input"].append(f"iifname {_quote(ifname)} jump count_in")
+        for guard in spec.guards:
+            if ifname in guard.interfaces:
+                rules["forward"] += guard_rules(guard, "oifname", ifname)
         rules["forward"].append(f"oifname {_quote(ifname)} update @fwd_out {{ oifname }}")
         rules["forward"].append(f"iifname {_quote(ifname)} update @fwd_in {{ iifname }}")
+        for guard in spec.guards:
+            if ifname in guard.interfaces:
+                rules["forward"] += guard_rules(guard, "iifname", ifname)
     for direction, dev in (("out", "oifname"), ("in", "iifname")):
         count = rules[f"count_{direction}"]
-        count.append(f"update @link_{direction} {{ {dev} }}")
         for level in range(spec.levels, 0, -1):
             count.append(f"ct mark 0 ct mark set socket cgroupv2 level {level} map @cgroup_marks")
+        stops = [
+            rule for guard in spec.guards for ifname in guard.interfaces
+            for rule in guard_rules(guard, dev, ifname)
+        ]
+        if direction == "out":
+            count.extend(stops)
+        count.append(f"update @link_{direction} {{ {dev} }}")
         # goto, not jump: an unmarked packet is counted there and must not reach @app_*.
         count.append(f"ct mark 0 goto unmarked_{direction}")
         count.append(f"update @app_{direction} {{ {dev} . ct mark }}")
@@ -111,13 +183,14 @@ def chain_rules(spec: RulesetSpec) -> dict[str, list[str]]:
                 f"update @{socket_set(direction, level)} "
                 f"{{ {dev} . socket cgroupv2 level {level} }}"
             )
+        if direction == "in":
+            count.extend(stops)
+            unmarked.extend(stops)
     # Super-packets are only an upload matter: GRO is turned off on metered links.
-    rules["count_out"].append(
-        f"meta length > {SUPER_PACKET_LENGTH} update @super_out {{ oifname . ct mark }}"
-    )
-    rules["unmarked_out"].append(
-        f"meta length > {SUPER_PACKET_LENGTH} update @super_out {{ oifname . ct mark }}"
-    )
+    for chain in ("count_out", "unmarked_out"):
+        rules[chain].append(
+            f"meta length > {SUPER_PACKET_LENGTH} update @super_out {{ oifname . ct mark }}"
+        )
     return rules
 
 
@@ -128,7 +201,9 @@ def render_reconcile(spec: RulesetSpec) -> str:
     and refilled, so running it any number of times leaves exactly one copy of each rule.
     """
     lines = [f"table {TABLE_FAMILY} {TABLE_NAME} {{"]
-    for name, body in set_declarations(spec.levels).items():
+    # A quota that exists keeps what it consumed: `add` only updates its limit.
+    lines.extend(f"  {quota_declaration(guard)}" for guard in spec.guards)
+    for name, body in set_declarations(spec.levels, spec.guards).items():
         kind = "map" if ":" in body.split(";")[0] else "set"
         lines.append(f"  {kind} {name} {{ {body} }}")
     for name, hook in BASE_CHAINS.items():
@@ -160,3 +235,8 @@ def render_add_marks(elements: list[tuple[str, int]]) -> str:
         return ""
     body = ", ".join(f'"{path}" : {mark:#x}' for path, mark in elements)
     return f"add element {TABLE_FAMILY} {TABLE_NAME} cgroup_marks {{ {body} }}\n"
+
+
+def render_set_limit(plan: str, limit: int) -> str:
+    """Change a plan quota's limit; the kernel keeps what it consumed (an object update)."""
+    return f"add quota {TABLE_FAMILY} {TABLE_NAME} {quota_name(plan)} {{ over {limit} bytes }}\n"
