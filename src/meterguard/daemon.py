@@ -37,6 +37,7 @@ STATUS_FILE = "status.json"
 LEDGER_FILE = "ledger.sqlite3"
 LINKS_FILE = "link-settings.json"
 LOCK_FILE = "daemon.lock"
+BOOT_RULESET_FILE = "boot-ruleset.nft"
 PRUNE_EVERY_S = 3600.0
 # After this many failed polls in a row the daemon exits, so a supervisor
 # (systemd's Restart=always) starts it afresh.
@@ -70,6 +71,10 @@ class StatePaths:
     @property
     def lock(self) -> Path:
         return self.state_dir / LOCK_FILE
+
+    @property
+    def boot_ruleset(self) -> Path:
+        return self.state_dir / BOOT_RULESET_FILE
 
 
 def network_resolver(config: Config) -> tuple[list[str], Any]:

@@ -202,6 +202,46 @@ def uninstall(
             print(f"restored gso_max_segs and GRO on {ifname}")
 
 
+@app.command("boot-restore")
+def boot_restore(
+    state_dir: StateOpt = DEFAULT_STATE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Load the last good ruleset, caps included, if the table is missing (at boot).
+
+    After a reboot the kernel has no meterguard table until something loads it, and
+    NetworkManager may bring the modem up before the daemon starts. This loads the ruleset
+    the daemon last persisted (`boot-ruleset.nft` in the state directory), with every plan's
+    quota at the bytes it had used, so a paused plan stays paused. It does nothing when the
+    table already exists. packaging/meterguard-boot.service runs it before
+    network-pre.target.
+    """
+    from meterguard.daemon import StatePaths
+    from meterguard.kernel.nft import NftError, default_backend, run_json
+    from meterguard.kernel.ruleset import TABLE_FAMILY, TABLE_NAME
+
+    require_root("meterguard boot-restore")
+    path = StatePaths(state_dir).boot_ruleset
+    nft = default_backend()
+    try:
+        run_json(nft, f"list table {TABLE_FAMILY} {TABLE_NAME}")
+        loaded, why = False, "the table is already loaded"
+    except NftError:
+        try:
+            script = path.read_text()
+        except OSError as exc:
+            fail(f"{path}: {exc.strerror or exc}: nothing to restore", 1)
+        try:
+            nft.run(script)
+        except NftError as exc:
+            fail(f"{path}: refused by nftables: {exc}", 1)
+        loaded, why = True, f"loaded {path}"
+    if json_out:
+        print_json({"loaded": loaded, "detail": why})
+    else:
+        print(why)
+
+
 register_report(app)
 
 

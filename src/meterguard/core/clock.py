@@ -39,3 +39,28 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.wall += seconds
         self.mono += seconds
+
+
+class OffsetClock:
+    """The system clock moved by the number of seconds written in a file (0 if none).
+
+    A test hook: the daemon uses it when METERGUARD_TEST_CLOCK names such a file, so a lab
+    test can carry a plan across its cycle boundary without waiting for midnight. The
+    monotonic clock is left alone, so polling keeps its pace.
+    """
+
+    def __init__(self, offset_file: str) -> None:
+        self._path = offset_file
+
+    def offset(self) -> float:
+        try:
+            with open(self._path) as handle:
+                return float(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset()
+
+    def monotonic(self) -> float:
+        return time.monotonic()

@@ -18,7 +18,12 @@ from meterguard.core.counters import CounterTracker
 from meterguard.kernel.cgroupfs import CgroupTree
 from meterguard.kernel.links import LinkControl, LinkTuner
 from meterguard.kernel.nft import NftBackend
-from meterguard.kernel.ruleset import RulesetSpec, render_add_marks, render_reconcile
+from meterguard.kernel.ruleset import (
+    PlanGuardSpec,
+    RulesetSpec,
+    render_add_marks,
+    render_reconcile,
+)
 from meterguard.ledger.model import CgroupRow, UsageDelta
 from meterguard.meter.attribution import AttributionState, Usage, attribute
 from meterguard.meter.readings import CounterSource, KernelReadings, TableMissing
@@ -127,6 +132,8 @@ class Meter:
         ledger: MeterLedger,
         metered_globs: Sequence[str],
         network_of: Callable[[str], str | None],
+        guards: Callable[[], tuple[PlanGuardSpec, ...]] = tuple,
+        on_rebuild: Callable[[], None] = lambda: None,
     ) -> None:
         self._nft = nft
         self._source = source
@@ -137,6 +144,10 @@ class Meter:
         self._ledger = ledger
         self._globs = tuple(metered_globs)
         self._network_of = network_of
+        # The plans' quotas: asked for whenever the table is reconciled, so a rebuilt table
+        # gets the limits that hold now.
+        self._guards = guards
+        self._on_rebuild = on_rebuild
         self._registry = CgroupRegistry(tree, ledger)
         self._state = AttributionState()
         self._tracker: CounterTracker[CounterKey] = CounterTracker(None)
@@ -175,8 +186,11 @@ class Meter:
         self._tracker = CounterTracker(baseline)
         self._fresh = True
 
+    def spec(self) -> RulesetSpec:
+        return RulesetSpec(self._globs, self._levels, self._guards())
+
     def _reconcile(self) -> None:
-        self._nft.run(render_reconcile(RulesetSpec(self._globs, self._levels)))
+        self._nft.run(render_reconcile(self.spec()))
 
     def _ensure_marks(self) -> None:
         """Make the kernel map hold exactly the live cgroups' marks (after start or a flush)."""
@@ -250,6 +264,7 @@ class Meter:
             # Someone flushed the ruleset (or a reboot emptied it): rebuild, and count the
             # new, empty counters from zero rather than comparing them with the old ones.
             log.warning("the meterguard table was removed; restoring it")
+            self._on_rebuild()
             self._reconcile()
             self._ensure_marks()
             self._tracker = CounterTracker({})

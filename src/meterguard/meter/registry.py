@@ -135,6 +135,15 @@ class CgroupRegistry:
     def kind_of_app(self, app: str) -> str | None:
         return self._kinds.get(app)
 
+    def mark_of_path(self, path: str) -> int | None:
+        cgid = self._id_by_path.get(path)
+        known = self._by_id.get(cgid) if cgid is not None else None
+        return known.mark if known is not None and not known.gone else None
+
+    def marks_of_apps(self, apps: frozenset[str]) -> set[int]:
+        """Marks of every cgroup, live or gone, that belongs to one of `apps`."""
+        return {mark for mark, known in self._by_mark.items() if known.app in apps}
+
     def app_of_cgroup(self, cgroup_id: int) -> str | None:
         known = self._by_id.get(cgroup_id)
         return known.app if known else None
