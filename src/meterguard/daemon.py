@@ -17,19 +17,25 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 from meterguard.config import Config
-from meterguard.core.clock import Clock, SystemClock
+from meterguard.core.clock import Clock, OffsetClock, SystemClock
+from meterguard.enforce.caps import NftCapControl
+from meterguard.enforce.events import LedgerEventSink
+from meterguard.enforce.runner import PlanGuardRunner
 from meterguard.kernel.cgroupfs import CgroupFs
 from meterguard.kernel.links import LinkTuner, SystemLinks
 from meterguard.kernel.nft import default_backend
+from meterguard.kernel.ruleset import render_reconcile
 from meterguard.kernel.table_reader import NetlinkCounterSource
 from meterguard.ledger.store import Ledger
 from meterguard.meter.meter import Meter, PollResult
+from meterguard.notify.handle import NotifyWorker, NotifyWorkerError
 
 log = logging.getLogger("meterguard.daemon")
 
@@ -115,68 +121,128 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
+NOTIFY_CGROUP = "meterguard.slice/meterguard-notify.scope"
+BOOT_RULESET_EVERY_POLLS = 10
+
+
+@dataclass
+class Parts:
+    """Everything the loop drives, built once at start."""
+
+    ledger: Ledger
+    source: NetlinkCounterSource
+    meter: Meter
+    caps: NftCapControl
+    runner: PlanGuardRunner
+    events: LedgerEventSink
+    worker: NotifyWorker | None
+    network_of: Any
+
+
 class Daemon:
-    def __init__(self, config: Config, state_dir: Path, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, state_dir: Path, *, config_path: Path | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self.paths = StatePaths(state_dir)
-        self.clock = clock or SystemClock()
+        test_clock = os.environ.get("METERGUARD_TEST_CLOCK")
+        self.clock = clock or (OffsetClock(test_clock) if test_clock else SystemClock())
         self._stop = threading.Event()
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         log.info("stopping (signal %s)", signum)
         self._stop.set()
 
-    def run(self) -> None:
-        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock(self.paths.lock)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.request_stop)
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.now(), UTC)
+
+    def _start_worker(self, mount: Path) -> NotifyWorker | None:
+        if not self.config.alerts.apprise or self.config_path is None:
+            return None
+        worker = NotifyWorker(self.config_path)
+        try:
+            # A cgroup of its own: its traffic is let through a paused link, and counted.
+            worker.start(mount / NOTIFY_CGROUP)
+        except NotifyWorkerError as exc:
+            log.error("alerts will reach the event log only: %s", exc)
+            return None
+        log.info("notifier started for %s", ", ".join(worker.channels))
+        return worker
+
+    def _build(self) -> Parts:
         globs, network_of = network_resolver(self.config)
         if not globs:
             log.warning("no metered network in the configuration: nothing will be counted")
         links = SystemLinks()
         source = NetlinkCounterSource(links, lambda i: network_of(i) is not None)
         ledger = Ledger.open(self.paths.ledger)
-        meter = Meter(
-            nft=default_backend(),
-            source=source,
-            marks=source,
-            tree=CgroupFs(),
-            links=links,
-            tuner=LinkTuner(links, self.paths.links),
-            ledger=ledger,
-            metered_globs=globs or ["meterguard-none"],
-            network_of=network_of,
+        tree = CgroupFs()
+        worker = self._start_worker(tree.mount)
+        nft = default_backend()
+        caps = NftCapControl(nft)
+        events = LedgerEventSink(ledger, worker)
+        meter_box: list[Meter] = []
+        runner = PlanGuardRunner(
+            self.config, ledger, caps, events,
+            marks_of_apps=lambda apps: meter_box[0].registry.marks_of_apps(apps),
+            exempt_mark=lambda: (
+                meter_box[0].registry.mark_of_path(NOTIFY_CGROUP) if worker else None
+            ),
         )
+        meter = Meter(
+            nft=nft, source=source, marks=source, tree=tree, links=links,
+            tuner=LinkTuner(links, self.paths.links), ledger=ledger,
+            metered_globs=globs or ["meterguard-none"], network_of=network_of,
+            guards=runner.guard_specs, on_rebuild=runner.table_rebuilt,
+        )
+        meter_box.append(meter)
+        return Parts(ledger, source, meter, caps, runner, events, worker, network_of)
+
+    def run(self) -> None:
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock(self.paths.lock)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
+        parts = self._build()
         started = self.clock.now()
         try:
-            meter.start(int(started))
-            log.info("started: metered interfaces %s, cgroup levels %d, every %.1f s",
-                     ", ".join(globs) or "(none)", meter.levels, self.config.daemon.interval)
-            self._loop(meter, ledger, network_of, started)
+            parts.runner.load(self.now())
+            parts.meter.start(int(started))
+            self._persist_ruleset(parts)
+            log.info("started: metered interfaces %s, cgroup levels %d, every %.1f s, plans: %s",
+                     ", ".join(parts.meter.spec().metered_interfaces), parts.meter.levels,
+                     self.config.daemon.interval, ", ".join(parts.runner.plans) or "none")
+            self._loop(parts, started)
         finally:
-            restored = meter.stop()
+            self._persist_ruleset(parts)
+            restored = parts.meter.stop()
             if restored:
                 log.info("restored interface settings of %s", ", ".join(restored))
-            ledger.close()
-            source.close()
+            if parts.worker is not None:
+                parts.events.record_deliveries()
+                parts.worker.stop()
+            parts.ledger.close()
+            parts.source.close()
             with contextlib.suppress(OSError):
                 self.paths.status.unlink()
             lock.close()
             log.info("stopped")
 
-    def _loop(self, meter: Meter, ledger: Ledger, network_of: Any, started: float) -> None:
+    def _loop(self, parts: Parts, started: float) -> None:
         interval = self.config.daemon.interval
         next_tick = self.clock.monotonic()
         last_prune = 0.0
         failures = 0
+        polls = 0
         while not self._stop.is_set():
             t0 = time.perf_counter()
             try:
-                result = meter.poll(int(self.clock.now()))
+                result = self._tick(parts, polls)
             except Exception:
-                # The kernel keeps counting whatever happens here, so a failed poll loses
-                # nothing: log it and try again at the next tick rather than exit.
+                # The kernel keeps counting and enforcing whatever happens here, so a failed
+                # poll loses nothing: log it and try again at the next tick rather than exit.
                 log.exception("poll failed; retrying at the next interval")
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -184,10 +250,11 @@ class Daemon:
             else:
                 failures = 0
                 poll_ms = (time.perf_counter() - t0) * 1000
-                self._publish(meter, result, interval, started, poll_ms, network_of)
+                self._publish(parts, result, interval, started, poll_ms)
+            polls += 1
             if self.clock.monotonic() - last_prune > PRUNE_EVERY_S:
                 last_prune = self.clock.monotonic()
-                ledger.prune(
+                parts.ledger.prune(
                     int(self.clock.now()),
                     self.config.ledger.minute_retention_days,
                     bucket_retention_days=self.config.ledger.bucket_retention_days,
@@ -199,14 +266,41 @@ class Daemon:
                 delay = 0
             self._stop.wait(delay)
 
+    def _tick(self, parts: Parts, polls: int) -> PollResult:
+        result = parts.meter.poll(int(self.clock.now()))
+        now = self.now()
+        for cmd in parts.ledger.pending_commands():
+            try:
+                outcome = parts.runner.command(cmd.kind, cmd.args or {}, now)
+            except (ValueError, KeyError, TypeError) as exc:
+                outcome = f"refused: {exc}"
+            parts.ledger.finish_command(cmd.id, int(now.timestamp()), outcome)
+        parts.runner.step(now, result.rows)
+        parts.events.record_deliveries()
+        if polls % BOOT_RULESET_EVERY_POLLS == 0:
+            parts.runner.refresh_allow_lists()
+            self._persist_ruleset(parts)
+        return result
+
+    def _persist_ruleset(self, parts: Parts) -> None:
+        """The last good ruleset, each quota with the bytes it used, for `boot-restore`."""
+        spec = parts.meter.spec()
+        guards = tuple(
+            replace(g, used=parts.caps.consumed(g.name) or 0) for g in spec.guards
+        )
+        text = render_reconcile(replace(spec, guards=guards))
+        tmp = self.paths.boot_ruleset.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.paths.boot_ruleset)
+
     def _publish(
-        self, meter: Meter, result: PollResult, interval: float, started: float,
-        poll_ms: float, network_of: Any,
+        self, parts: Parts, result: PollResult, interval: float, started: float, poll_ms: float
     ) -> None:
         rates = [
             {"network": net, "app": app, "up_bps": up / interval, "down_bps": down / interval}
             for (net, app), (up, down) in sorted(result.usage.items())
         ]
+        network_of = parts.network_of
         ifaces = {i: network_of(i) for i in SystemLinks().names() if network_of(i)}
         write_status(self.paths.status, {
             "pid": os.getpid(),
@@ -214,10 +308,11 @@ class Daemon:
             "last_poll_at": result.at,
             "interval": interval,
             "poll_ms": round(poll_ms, 3),
-            "cgroup_levels": meter.levels,
-            "cgroups_tracked": len(meter.registry.live()),
+            "cgroup_levels": parts.meter.levels,
+            "cgroups_tracked": len(parts.meter.registry.live()),
             "interfaces": ifaces,
             "rates": rates,
+            "plans": parts.runner.summaries(self.now()),
         })
 
 

@@ -20,6 +20,8 @@ from meterguard.cli.common import (
     print_json,
     require_root,
 )
+from meterguard.cli.demo import register as register_demo
+from meterguard.cli.plan import register as register_plan
 from meterguard.cli.report import register as register_report
 
 app = typer.Typer(
@@ -65,7 +67,7 @@ def run(
     cfg = load(config)
     configure_logging(log_level or cfg.daemon.log_level)
     try:
-        Daemon(cfg, state_dir).run()
+        Daemon(cfg, state_dir, config_path=config).run()
     except AlreadyRunning as exc:
         fail(str(exc), 75)
 
@@ -243,15 +245,8 @@ def boot_restore(
 
 
 register_report(app)
-
-
-def _register_demo() -> None:
-    from meterguard.cli.demo import register
-
-    register(app)
-
-
-_register_demo()
+register_plan(app)
+register_demo(app)
 
 
 def main() -> None:
