@@ -306,6 +306,7 @@ class Daemon:
             "pid": os.getpid(),
             "started_at": started,
             "last_poll_at": result.at,
+            "published_at": time.time(),
             "interval": interval,
             "poll_ms": round(poll_ms, 3),
             "cgroup_levels": parts.meter.levels,

@@ -20,7 +20,9 @@ from meterguard.cli.common import (
     print_json,
     require_root,
 )
+from meterguard.cli.agent import register as register_agent
 from meterguard.cli.demo import register as register_demo
+from meterguard.cli.events import register as register_events
 from meterguard.cli.plan import register as register_plan
 from meterguard.cli.report import register as register_report
 
@@ -246,6 +248,8 @@ def boot_restore(
 
 register_report(app)
 register_plan(app)
+register_events(app)
+register_agent(app)
 register_demo(app)
 
 

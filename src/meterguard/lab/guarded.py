@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meterguard.lab.lab import Lab
+from meterguard.lab.lab import Lab, child_env
 from meterguard.lab.netns import LabError, ns_argv
 
 CLI = [sys.executable, "-m", "meterguard.cli.main"]
@@ -24,24 +24,31 @@ CLI = [sys.executable, "-m", "meterguard.cli.main"]
 Usage = dict[tuple[str, str], tuple[int, int]]  # (network, app) -> (bytes_up, bytes_down)
 
 
-def lab_config(lab: Lab, interval: float = 1.0, extra: str = "") -> str:
+def lab_config(lab: Lab, interval: float = 1.0, extra: str = "", plan: str | None = None) -> str:
+    """The host's config: `esim` is wwan0 (metered, on `plan` if given), `wifi` is wlan0."""
+    plan_line = f"plan = \"{plan}\"\n" if plan else ""
     return (
         f"[daemon]\ninterval = {interval}\nlog_level = \"debug\"\n\n"
         f"[[network]]\nname = \"esim\"\ninterfaces = [\"{lab.metered_ifname}\"]\n"
-        "metered = true\n\n"
+        f"metered = true\n{plan_line}\n"
         f"[[network]]\nname = \"wifi\"\ninterfaces = [\"{lab.wifi_ifname}\"]\nmetered = false\n"
         f"{extra}"
     )
 
 
 class GuardedHost:
-    def __init__(self, lab: Lab, state_dir: Path, *, interval: float = 1.0, extra: str = ""):
+    def __init__(
+        self, lab: Lab, state_dir: Path, *, interval: float = 1.0, extra: str = "",
+        plan: str | None = None,
+    ) -> None:
         self.lab = lab
         self.state_dir = state_dir
         self.config = state_dir / "meterguard.toml"
         self.log = state_dir / "daemon.log"
+        # The daemon's wall clock is moved by the seconds written here (a test hook).
+        self.clock_file = state_dir / "clock-offset"
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(lab_config(lab, interval, extra))
+        self.config.write_text(lab_config(lab, interval, extra, plan))
         self.daemon: subprocess.Popen[str] | None = None
 
     # --- the daemon ----------------------------------------------------------------------
@@ -51,8 +58,11 @@ class GuardedHost:
         status = self.state_dir / "status.json"
         status.unlink(missing_ok=True)
         argv = [*CLI, "run", "--config", str(self.config), "--state-dir", str(self.state_dir)]
+        env = {**child_env(), "METERGUARD_TEST_CLOCK": str(self.clock_file)}
         with self.log.open("a") as log:
-            self.daemon = self.lab.host_popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.daemon = self.lab.host_popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.daemon.poll() is not None:
@@ -89,6 +99,47 @@ class GuardedHost:
             raise LabError(f"{' '.join(args)} failed: {proc.stderr}")
         data: dict[str, Any] = json.loads(proc.stdout)
         return data
+
+    def move_clock(self, seconds: float) -> None:
+        """Set the daemon's clock to the real time plus `seconds` (read at each poll)."""
+        self.clock_file.write_text(f"{seconds}\n")
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.state_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def plans(self) -> list[dict[str, Any]]:
+        """The daemon's own view of its plans (on its clock), from its last poll."""
+        plans: list[dict[str, Any]] = self.status().get("plans", [])
+        return plans
+
+    def wait_until_plan(
+        self, condition: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """Poll the (first) plan until `condition` holds or the deadline passes; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            plans = self.plans()
+            if plans and condition(plans[0]):
+                return plans[0]
+            if time.monotonic() > deadline:
+                return plans[0] if plans else {}
+            time.sleep(0.1)
+
+    def wait_until_polls(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until the daemon has finished `n` more polls."""
+        deadline = time.monotonic() + timeout
+        seen: set[float] = set()
+        while len(seen) <= n and time.monotonic() < deadline:
+            seen.add(float(self.status().get("published_at", 0)))
+            time.sleep(0.05)
+
+    def events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self.cli("events")["events"]
+        return events
 
     def report(self, by: str = "app", period: str = "day") -> dict[str, Any]:
         return self.cli("report", "--config", str(self.config), "--period", period, "--by", by)

@@ -90,7 +90,7 @@ class PingResult:
         return self.size + 8 + (20 if self.family == 4 else 40)
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """Environment for lab processes: `python -m meterguard...` must import this tree."""
     env = dict(os.environ)
     src = str(Path(meterguard.__file__).resolve().parents[1])
@@ -261,7 +261,7 @@ class Lab:
         env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[str]:
         """Start argv as a tracked process (own process group, killed at teardown)."""
-        return self._procs.popen(argv, env=env or _child_env(), stdout=stdout, stderr=stderr)
+        return self._procs.popen(argv, env=env or child_env(), stdout=stdout, stderr=stderr)
 
     def host_popen(
         self,
