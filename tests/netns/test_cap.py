@@ -139,8 +139,8 @@ def hook_server(lab: Lab, out: Path) -> subprocess.Popen[str]:
         "        open(sys.argv[2],'ab').write(self.rfile.read(n)+b'\\n')\n"
         "        self.send_response(200); self.end_headers()\n"
         "    def log_message(self,*a): pass\n"
-        "s=http.server.HTTPServer((sys.argv[1],%d),H); s.timeout=1\n"
-        "for _ in range(600): s.handle_request()\n" % HOOK_PORT
+        f"s=http.server.HTTPServer((sys.argv[1],{HOOK_PORT}),H); s.timeout=1\n"
+        "for _ in range(600): s.handle_request()\n"
     )
     argv = [sys.executable, "-c", code, lab.server_addr("wwan"), str(out)]
     return lab.popen(lab.ns_cmd("inet", argv))

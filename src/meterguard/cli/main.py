@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from meterguard.cli.agent import register as register_agent
 from meterguard.cli.common import (
     DEFAULT_CONFIG,
     DEFAULT_STATE,
@@ -20,7 +21,6 @@ from meterguard.cli.common import (
     print_json,
     require_root,
 )
-from meterguard.cli.agent import register as register_agent
 from meterguard.cli.demo import register as register_demo
 from meterguard.cli.events import register as register_events
 from meterguard.cli.plan import register as register_plan
