@@ -17,7 +17,8 @@ from meterguard.ledger.model import UsageDelta
 from meterguard.ledger.store import Ledger
 
 CLI = [sys.executable, "-m", "meterguard.cli.main"]
-COMMANDS = ["run", "status", "report", "top", "apps", "exec", "uninstall", "demo"]
+COMMANDS = ["run", "status", "report", "top", "apps", "exec", "uninstall", "demo", "plan",
+            "events", "agent", "boot-restore"]
 
 
 def mg(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -107,3 +108,27 @@ def test_exec_runs_the_command_in_a_cgroup_of_its_own() -> None:
 def test_exec_without_a_command_is_refused() -> None:
     proc = mg("exec", "--app", "x", check=False)
     assert proc.returncode == 2 and "no command" in proc.stderr
+
+
+def test_report_by_cycle_and_plan_offline(tmp_path: Path) -> None:
+    config = tmp_path / "plan.toml"
+    config.write_text(
+        '[[network]]\nname = "esim"\ninterfaces = ["wwan0"]\nplan = "hk"\n\n'
+        '[plans.hk]\nquota = "1 GB"\ncycle = "daily"\ntime_zone = "Asia/Hong_Kong"\n'
+    )
+    now = int(time.time()) // 60 * 60
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        ledger.record(now, [UsageDelta("esim", "firefox", 100_000, 400_000_000)])
+        ledger.record(now - 3 * 86400, [UsageDelta("esim", "firefox", 1, 1)])  # older cycle
+    data = json.loads(mg("report", "--config", str(config), "--state-dir", str(tmp_path),
+                         "--period", "cycle", "--json").stdout)
+    assert data["time_zone"] == "Asia/Hong_Kong"
+    assert data["rows"][0]["bytes_down"] == 400_000_000
+    plans = json.loads(mg("plan", "--config", str(config), "--state-dir", str(tmp_path),
+                          "--json").stdout)["plans"]
+    (plan,) = plans
+    assert plan["used_bytes"] == 400_100_000
+    assert plan["remaining_bytes"] == 10**9 - 400_100_000
+    assert plan["forecast"]["daily_budget_bytes"] == plan["remaining_bytes"]
+    text = mg("plan", "--config", str(config), "--state-dir", str(tmp_path)).stdout
+    assert "hk (esim)" in text and "daily budget" in text

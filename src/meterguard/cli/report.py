@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import typer
 
@@ -21,6 +22,7 @@ from meterguard.cli.common import (
     report_zone,
 )
 from meterguard.config import Config
+from meterguard.core.plans import plan_cycle
 from meterguard.core.units import format_bytes
 from meterguard.ledger.model import LedgerError
 from meterguard.ledger.periods import period_seconds
@@ -53,7 +55,9 @@ def report(
     config: ConfigOpt = DEFAULT_CONFIG,
     state_dir: StateOpt = DEFAULT_STATE,
     period: Annotated[
-        str, typer.Option(help="day, week (Monday first) or month, in the report's time zone.")
+        str,
+        typer.Option(help="day, week (Monday first), month, or cycle (the plan's billing "
+                     "cycle, in the plan's zone)."),
     ] = "day",
     by: Annotated[str, typer.Option(help="app or network.")] = "app",
     previous: Annotated[
@@ -66,7 +70,7 @@ def report(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Usage per app or per network over a calendar day, week or month.
+    """Usage per app or per network over a calendar day, week or month, or a billing cycle.
 
     Bytes are IP-layer bytes, what a carrier bills. Rows add up to the metered interfaces'
     totals: `unattributed` holds what no socket owns (ICMP replies, kernel packets) and
@@ -75,15 +79,18 @@ def report(
     "bytes_up", "bytes_down", "bytes_total"}]}; it reflects what the daemon counted within
     its last poll.
     """
-    if period not in ("day", "week", "month"):
-        fail(f"--period {period!r}: use day, week or month", 2)
+    if period not in ("day", "week", "month", "cycle"):
+        fail(f"--period {period!r}: use day, week, month or cycle", 2)
     if by not in ("app", "network"):
         fail(f"--by {by!r}: use app or network", 2)
     if previous < 0:
         fail("--previous cannot be negative", 2)
     cfg = load(config)
     zone = report_zone(cfg, tz)
-    start, end = period_seconds(period, datetime.now(UTC), zone, offset=-previous)  # type: ignore[arg-type]
+    if period == "cycle":
+        start, end, zone = _cycle_bounds(cfg, network, previous)
+    else:
+        start, end = period_seconds(period, datetime.now(UTC), zone, offset=-previous)  # type: ignore[arg-type]
     ledger = _open_ledger(state_dir)
     rows: list[dict[str, Any]] = []
     if ledger is not None:
@@ -111,6 +118,21 @@ def report(
         name = str(r.get("app") or r.get("network"))
         print(f"{name:<28} {r['network']!s:<14} {format_bytes(int(r['bytes_up'])):>10} "
               f"{format_bytes(int(r['bytes_down'])):>10} {format_bytes(int(r['bytes_total'])):>10}")
+
+
+def _cycle_bounds(cfg: Config, network: str | None, previous: int) -> tuple[int, int, ZoneInfo]:
+    """The billing cycle of `network`'s plan (or of the only plan), in whole minutes."""
+    names = [n.plan for n in cfg.network if n.plan and (network is None or n.name == network)]
+    if not names:
+        fail("--period cycle needs a network with a plan (plan = \"NAME\")", 2)
+    if len(set(names)) > 1:
+        fail("several plans: choose one with --network", 2)
+    plan = cfg.plans[names[0]].to_plan(names[0])
+    bounds = plan_cycle(plan, datetime.now(UTC), offset=-previous)
+    if bounds is None:
+        fail(f"plan {plan.name} has no cycle then (a pass not active)", 1)
+    start, end = bounds
+    return int(start.timestamp()) // 60 * 60, int(end.timestamp()) // 60 * 60, plan.tz
 
 
 def apps(
