@@ -10,6 +10,7 @@ History:
   v1  minute rows, apps, cgroups, kv (the first layout).
   v2  15-minute UTC buckets, back-filled from the minute rows; cgroups.gone_at.
   v3  UTC-day roll-up, back-filled from the buckets, so month reports read few rows.
+  v4  events (the append-only alert and action log) and commands (the CLI-to-daemon queue).
 """
 
 from __future__ import annotations
@@ -76,8 +77,30 @@ def _v3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    # AUTOINCREMENT, not a plain rowid: ids are never reused even after the newest row is
+    # deleted, so a reader following "id > last seen" (events --follow, the desktop agent)
+    # can never miss or repeat an event. `key` is UNIQUE but nullable: an alert's key fires
+    # once per cycle for ever (across restarts), while keyless events may repeat freely.
+    conn.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, level TEXT NOT NULL"
+        " CHECK (level IN ('info', 'warning', 'critical')),"
+        " key TEXT UNIQUE, title TEXT NOT NULL, body TEXT NOT NULL,"
+        " data TEXT NOT NULL DEFAULT '{}', delivered TEXT NOT NULL DEFAULT '{}')"
+    )
+    conn.execute(
+        "CREATE TABLE commands (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, args TEXT NOT NULL DEFAULT '{}',"
+        " done_at INTEGER, result TEXT)"
+    )
+    # The daemon asks for the pending commands on every poll; the partial index keeps that
+    # one lookup cheap however long the history of finished commands grows.
+    conn.execute("CREATE INDEX commands_pending ON commands (id) WHERE done_at IS NULL")
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3, _v4)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

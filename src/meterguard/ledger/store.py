@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import query, schema
+from .events import EventLog
 from .model import (
     DAY,
     MINUTE,
@@ -65,8 +66,12 @@ def _check_state_key(key: str) -> None:
         )
 
 
-class Ledger:
-    """Usage, identities and daemon state in one SQLite file. One instance per thread."""
+class Ledger(EventLog):
+    """Usage, identities and daemon state in one SQLite file. One instance per thread.
+
+    The event log and the command queue (`add_event`, `enqueue_command` ...) come from
+    `EventLog`, kept in events.py so that neither module grows past a screenful of concerns.
+    """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
         # Use Ledger.open(); this only wraps a connection that is already checked.
