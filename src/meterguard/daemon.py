@@ -267,6 +267,7 @@ class Daemon:
             self._stop.wait(delay)
 
     def _tick(self, parts: Parts, polls: int) -> PollResult:
+        parts.runner.sample_quotas()
         result = parts.meter.poll(int(self.clock.now()))
         now = self.now()
         for cmd in parts.ledger.pending_commands():

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # A limit no link reaches in a cycle: how "no cap" is written into a quota that must exist.
 UNLIMITED = 1 << 60
+# A quota's limit is raised only by more than this: a lower limit is always written at once
+# (it is the safe side), while read skew alone must not make the limit wander upwards.
+LOOSEN_SLACK = 64 * 1024
 
 
 class PlanLedger(TotalsReader, Protocol):
@@ -90,6 +93,7 @@ class PlanGuardRunner:
         self._exempt_mark = exempt_mark
         self._network = network
         self.plans: dict[str, GuardedPlan] = {}
+        self._consumed: dict[str, int | None] = {}
         for name, pc in config.plans.items():
             nets = config.plan_networks(name)
             if not nets:
@@ -144,8 +148,19 @@ class PlanGuardRunner:
             return False
         previous = gp.usage.previous_cycle_bytes(self._ledger, now)
         gp.state.new_cycle(cycle[0], previous)
+        gp.limit = None  # a real change of the allowance: write the new limit whatever it is
         self._save(gp)
         return True
+
+    def sample_quotas(self) -> None:
+        """Read each quota's consumed bytes; call it just BEFORE the meter reads its counters.
+
+        The limit written is `consumed + allowance - used`. Read before the counters, the
+        consumed figure can only miss bytes the counters include, so the limit errs low
+        (the cap comes a little early) and never high (no byte past the cap). Read after,
+        every byte sent in between would be allowed twice.
+        """
+        self._consumed = {name: self._caps.consumed(name) for name in self.plans}
 
     def step(self, now: datetime, rows: Sequence[UsageDelta]) -> list[Decision]:
         decisions: list[Decision] = []
@@ -206,6 +221,7 @@ class PlanGuardRunner:
             self._events.note("pause", "critical", f"{name}: data paused",
                               f"{d.reason} ({ended} connections ended)", now)
         elif isinstance(d, Resume):
+            gp.limit = None
             gp.state.paused = False
             self._save(gp)
             self._events.note("resume", "info", f"{name}: data resumed", d.reason, now)
@@ -213,12 +229,13 @@ class PlanGuardRunner:
     def _apply_limit(self, gp: GuardedPlan, remaining: int) -> None:
         if gp.plan.cap_action == "alert":
             return
-        consumed = self._caps.consumed(gp.plan.name)
+        name = gp.plan.name
+        consumed = self._consumed[name] if name in self._consumed else self._caps.consumed(name)
         if consumed is None:
             return  # no table yet: the next reconcile writes the limit in
         limit = consumed + remaining
-        if limit != gp.limit:
-            self._caps.set_limit(gp.plan.name, limit)
+        if gp.limit is None or limit < gp.limit or limit > gp.limit + LOOSEN_SLACK:
+            self._caps.set_limit(name, limit)
             gp.limit = limit
 
     def _save(self, gp: GuardedPlan) -> None:
@@ -233,6 +250,7 @@ class PlanGuardRunner:
 
     def table_rebuilt(self) -> None:
         """The quotas were recreated: write every limit again at the next decision."""
+        self._consumed = {}
         for gp in self.plans.values():
             gp.limit = None
 
@@ -263,6 +281,7 @@ class PlanGuardRunner:
             result = f"{name}: used set to {format_bytes(int(args['bytes']))}"
         else:
             raise ValueError(f"unknown plan command {kind!r}")
+        gp.limit = None
         self._save(gp)
         self._events.note(kind, "info", result, result, now)
         return result

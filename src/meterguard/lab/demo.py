@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterguard.core.units import format_bytes
+from meterguard.lab import demo_plan
 from meterguard.lab.apps import LabApp
 from meterguard.lab.carrier import CarrierCounts
 from meterguard.lab.guarded import GuardedHost, Usage
@@ -41,9 +42,13 @@ def run_demo(
     state = Path(tempfile.mkdtemp(prefix="meterguard-demo-"))
     prefix = f"mgdemo-{uuid.uuid4().hex[:5]}"
     with Lab(prefix=prefix) as lab:
-        host = GuardedHost(lab, state)
+        host = GuardedHost(lab, state, plan="demo-daily", extra=demo_plan.plan_toml())
+        # The daemon's day ends in a few minutes, so the next cycle can be shown.
+        host.move_clock(demo_plan.minutes_before_midnight(5))
         try:
-            return _scenario(console, lab, host, connections)
+            result = _scenario(console, lab, host, connections)
+            result["plan"] = _plan_part(console, lab, host)
+            return result
         finally:
             host.stop()
             if not keep_state:
@@ -89,6 +94,24 @@ def _scenario(console: Console, lab: Lab, host: GuardedHost, connections: int) -
         for (_, name, _), r in zip(apps, results, strict=True)
     ]
     return report
+
+
+def _plan_part(console: Console, lab: Lab, host: GuardedHost) -> dict[str, Any]:
+    console.rule("the plan: thresholds, the cap, the next cycle")
+    plans = host.plans()
+    if plans:
+        demo_plan.print_plan(console, plans[0])
+    sync = lab.app("onedrive.service", SYNC_PORT)
+    browser = lab.app("firefox", BROWSER_PORT)
+    start = lab.carrier.read()
+    used_before = plans[0]["used_bytes"] if plans else 0
+    with _step(console, "cloud sync starts a runaway 200 MB background upload"):
+        capped = demo_plan.runaway_upload(console, host, sync, start, used_before)
+    console.print(demo_plan.alerts_table(host))
+    with _step(console, "the daemon's clock moves past midnight: a new daily cycle"):
+        rolled = demo_plan.rollover(console, host, browser)
+    return {"cap": capped, "rollover": rolled,
+            "alerts": [e["title"] for e in host.events() if e["kind"] == "alert"]}
 
 
 def _network_total(usage: Usage) -> tuple[int, int]:
