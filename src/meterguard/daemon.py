@@ -278,6 +278,10 @@ class Daemon:
             parts.ledger.finish_command(cmd.id, int(now.timestamp()), outcome)
         parts.runner.step(now, result.rows)
         parts.events.record_deliveries()
+        if parts.worker is not None and not parts.worker.running:
+            # Its pending alerts were reported failed; a fresh worker takes the next ones.
+            with contextlib.suppress(NotifyWorkerError):
+                parts.worker.start(parts.worker.cgroup_path)
         if polls % BOOT_RULESET_EVERY_POLLS == 0:
             parts.runner.refresh_allow_lists()
             self._persist_ruleset(parts)

@@ -39,7 +39,9 @@ BASE_CHAINS = {
     "input": "type filter hook input priority -100; policy accept;",
     "forward": "type filter hook forward priority -100; policy accept;",
 }
-REGULAR_CHAINS = ("count_out", "count_in", "unmarked_out", "unmarked_in")
+REGULAR_CHAINS = (
+    "count_out", "count_in", "unmarked_out", "unmarked_in", "guard_out", "guard_in",
+)
 
 # nft keywords may not name chains or sets (a chain named `fwd` cannot be re-read), so every
 # name here is checked against this pattern and a short keyword list.
@@ -103,20 +105,37 @@ def guard_rules(guard: PlanGuardSpec, dev: str, ifname: str) -> list[str]:
     """The two rules that stop a plan's traffic on one interface once its quota is used.
 
     TCP is refused with a reset so apps fail at once instead of hanging (and a server
-    stops sending: fewer bytes billed past the cap); TCP resets themselves pass, so flows
-    the daemon ends can close. The two rules never both evaluate the quota for one packet.
+    stops sending: fewer bytes billed past the cap). The two rules never both evaluate the
+    quota for one packet.
     """
     cond = f"{dev} {_quote(ifname)} "
-    if guard.exempt_mark:
-        cond += f"ct mark != {guard.exempt_mark:#x} "
     if guard.allow_list:
         cond += f"ct mark != @{allow_set(guard.name)} "
     quota = f'quota name "{quota_name(guard.name)}"'
-    tcp = "meta l4proto tcp tcp flags & rst == 0" if dev == "oifname" else "meta l4proto tcp"
     return [
-        f"{cond}{tcp} {quota} reject with tcp reset",
+        f"{cond}meta l4proto tcp {quota} reject with tcp reset",
         f"{cond}meta l4proto != tcp {quota} drop",
     ]
+
+
+def guard_chain(spec: RulesetSpec, direction: str) -> list[str]:
+    """`guard_out` / `guard_in`: what passes a cap, then every plan's stop rules.
+
+    Passing (`return`, so the packet is still counted): meterguard's own notifier, whose
+    alerts must get out at the cap; DNS, which the notifier's lookups go through another
+    process for; and, outbound, TCP resets, so that flows ended at a pause can close.
+    """
+    dev, port = ("oifname", "dport") if direction == "out" else ("iifname", "sport")
+    rules: list[str] = []
+    marks = sorted({g.exempt_mark for g in spec.guards if g.exempt_mark})
+    rules += [f"ct mark {mark:#x} return" for mark in marks]
+    rules.append(f"meta l4proto {{ tcp, udp }} th {port} 53 return")
+    if direction == "out":
+        rules.append("tcp flags rst return")
+    for guard in spec.guards:
+        for ifname in guard.interfaces:
+            rules += guard_rules(guard, dev, ifname)
+    return rules
 
 
 def set_declarations(levels: int, guards: tuple[PlanGuardSpec, ...] = ()) -> dict[str, str]:
@@ -152,27 +171,22 @@ def chain_rules(spec: RulesetSpec) -> dict[str, list[str]]:
     download is counted before it is stopped (it was billed on arrival).
     """
     rules: dict[str, list[str]] = {name: [] for name in (*BASE_CHAINS, *REGULAR_CHAINS)}
+    guarded = bool(spec.guards)
     for ifname in spec.metered_interfaces:
         rules["output"].append(f"oifname {_quote(ifname)} jump count_out")
         rules["input"].append(f"iifname {_quote(ifname)} jump count_in")
-        for guard in spec.guards:
-            if ifname in guard.interfaces:
-                rules["forward"] += guard_rules(guard, "oifname", ifname)
+        if guarded:
+            rules["forward"].append(f"oifname {_quote(ifname)} jump guard_out")
         rules["forward"].append(f"oifname {_quote(ifname)} update @fwd_out {{ oifname }}")
         rules["forward"].append(f"iifname {_quote(ifname)} update @fwd_in {{ iifname }}")
-        for guard in spec.guards:
-            if ifname in guard.interfaces:
-                rules["forward"] += guard_rules(guard, "iifname", ifname)
+        if guarded:
+            rules["forward"].append(f"iifname {_quote(ifname)} jump guard_in")
     for direction, dev in (("out", "oifname"), ("in", "iifname")):
         count = rules[f"count_{direction}"]
         for level in range(spec.levels, 0, -1):
             count.append(f"ct mark 0 ct mark set socket cgroupv2 level {level} map @cgroup_marks")
-        stops = [
-            rule for guard in spec.guards for ifname in guard.interfaces
-            for rule in guard_rules(guard, dev, ifname)
-        ]
-        if direction == "out":
-            count.extend(stops)
+        if guarded and direction == "out":
+            count.append("jump guard_out")
         count.append(f"update @link_{direction} {{ {dev} }}")
         # goto, not jump: an unmarked packet is counted there and must not reach @app_*.
         count.append(f"ct mark 0 goto unmarked_{direction}")
@@ -183,9 +197,10 @@ def chain_rules(spec: RulesetSpec) -> dict[str, list[str]]:
                 f"update @{socket_set(direction, level)} "
                 f"{{ {dev} . socket cgroupv2 level {level} }}"
             )
-        if direction == "in":
-            count.extend(stops)
-            unmarked.extend(stops)
+        rules[f"guard_{direction}"] = guard_chain(spec, direction)
+        if guarded and direction == "in":
+            count.append("jump guard_in")
+            unmarked.append("jump guard_in")
     # Super-packets are only an upload matter: GRO is turned off on metered links.
     for chain in ("count_out", "unmarked_out"):
         rules[chain].append(
