@@ -6,7 +6,6 @@ Bytes past the cap are measured where they are billed: the carrier's forward cha
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 from meterguard.lab import Lab
 from meterguard.lab.carrier import CarrierCounts
 from meterguard.lab.guarded import CLI, GuardedHost
+from meterguard.lab.hook import Hook, start_hook
 from meterguard.lab.netns import ns_argv
 
 pytestmark = pytest.mark.privileged
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.privileged
 CAP = 5_000_000
 ONE_PACKET = 1500
 DOWNLOAD_PAST_CAP = 256 * 1024
-HOOK_PORT = 8099
 
 
 def plan_toml(quota: int = CAP, cycle: str = "daily", extra: str = "") -> str:
@@ -129,55 +128,32 @@ def test_a_flushed_table_is_restored_with_the_cap_already_used(
     assert billed(before, lab) <= CAP + DOWNLOAD_PAST_CAP
 
 
-def hook_server(lab: Lab, out: Path) -> subprocess.Popen[str]:
-    """An HTTP endpoint on the internet side that appends each POST body to `out`."""
-    code = (
-        "import http.server,sys\n"
-        "class H(http.server.BaseHTTPRequestHandler):\n"
-        "    def do_POST(self):\n"
-        "        n=int(self.headers.get('Content-Length',0))\n"
-        "        open(sys.argv[2],'ab').write(self.rfile.read(n)+b'\\n')\n"
-        "        self.send_response(200); self.end_headers()\n"
-        "    def log_message(self,*a): pass\n"
-        f"s=http.server.HTTPServer((sys.argv[1],{HOOK_PORT}),H); s.timeout=1\n"
-        "for _ in range(600): s.handle_request()\n"
-    )
-    argv = [sys.executable, "-c", code, lab.server_addr("wwan"), str(out)]
-    return lab.popen(lab.ns_cmd("inet", argv))
-
-
 def test_the_100_percent_alert_gets_out_over_the_paused_link(
     lab: Lab, tmp_path: Path
 ) -> None:
     app = lab.app("firefox", 8305)
     lab.start_servers([8305])
-    received = tmp_path / "hook.txt"
-    hook_server(lab, received)
-    url = f"json://{lab.server_addr('wwan')}:{HOOK_PORT}/hook"
-    host = guarded(lab, tmp_path, f'\n[alerts]\napprise = ["{url}"]\n')
+    hook = start_hook(lab, tmp_path / "hook.txt")
+    host = guarded(lab, tmp_path, f'\n[alerts]\napprise = ["{hook.url}"]\n')
     try:
         host.start()
         app.start_download(20_000_000, timeout=20).wait(40)
         host.wait_until_plan(lambda p: p["paused"])
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and "100%" not in _read(received):
+        while time.monotonic() < deadline and not _cap_posts(hook):
             time.sleep(0.2)
-        text = _read(received)
-        assert "100%" in text and "tiny" in text
+        (post,) = _cap_posts(hook)
+        assert "tiny" in post
         host.wait_until_polls(3)
-        posts = [line for line in _read(received).splitlines() if "100%" in line]
-        assert len(posts) == 1  # sent once, not at every poll past the cap
+        assert len(_cap_posts(hook)) == 1  # sent once, not at every poll past the cap
         # And the link really is paused for everyone else.
         assert app.start_download(1_000_000, timeout=5).wait(20).received < 1_000_000
     finally:
         host.stop()
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
+def _cap_posts(hook: Hook) -> list[str]:
+    return [body for _, body in hook.posts() if "100%" in body]
 
 
 def test_thresholds_fire_once_across_restarts(lab: Lab, tmp_path: Path) -> None:

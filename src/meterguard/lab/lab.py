@@ -101,10 +101,12 @@ def child_env() -> dict[str, str]:
 class Lab:
     """Three namespaces, a carrier meter, servers and a simulated desktop in cgroup v2."""
 
-    def __init__(self, prefix: str, rate_mbit: int | None = None) -> None:
+    def __init__(
+        self, prefix: str, rate_mbit: int | None = None, *, offloads: bool = False
+    ) -> None:
         self.prefix = check_prefix(prefix)
         self.rate_mbit = rate_mbit
-        self.topology = Topology(prefix)
+        self.topology = Topology(prefix, offloads)
         self.ns_inet = self.topology.ns["inet"]
         self.ns_carrier = self.topology.ns["carrier"]
         self.ns_host = self.topology.ns["host"]

@@ -107,9 +107,12 @@ FORWARDING_SYSCTLS: dict[str, str | int] = {
 class Topology:
     """Names of one lab's namespaces, and the steps that build its links."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, offloads: bool = False) -> None:
         self.prefix = prefix
         self.ns = {role: f"{prefix}-{role}" for role in ("inet", "carrier", "host")}
+        # True keeps the kernel's default offloads (for benchmarks that compare): the
+        # carrier then sees super-packets and no longer counts wire-sized packets.
+        self.offloads = offloads
 
     def prepare_namespace(self, role: str) -> None:
         ip(self.ns[role], "link", "set", "lo", "up")
@@ -132,7 +135,8 @@ class Topology:
         ns = self.ns[end.role]
         # Flags first, while the link is down: nothing is ever sent un-quietly.
         ip(ns, "link", "set", end.ifname, "multicast", "off", "arp", "off")
-        disable_offloads(ns, end.ifname)
+        if not self.offloads:
+            disable_offloads(ns, end.ifname)
         ip(ns, "addr", "add", f"{end.v4}/{link.v4_len}", "dev", end.ifname)
         ip(ns, "-6", "addr", "add", f"{end.v6}/{link.v6_len}", "dev", end.ifname, "nodad")
         for addr in (peer.v4, peer.v6):
