@@ -123,6 +123,7 @@ def _lock(path: Path) -> IO[str]:
 
 NOTIFY_CGROUP = "meterguard.slice/meterguard-notify.scope"
 BOOT_RULESET_EVERY_POLLS = 10
+MIN_POLL_S = 0.1
 
 
 @dataclass
@@ -259,7 +260,10 @@ class Daemon:
                     self.config.ledger.minute_retention_days,
                     bucket_retention_days=self.config.ledger.bucket_retention_days,
                 )
-            next_tick += interval
+            # Near a threshold at the current rate, poll sooner: the alert then follows its
+            # crossing within a fraction of a second instead of up to a whole interval.
+            soon = parts.runner.next_crossing_s
+            next_tick += min(interval, max(MIN_POLL_S, soon)) if soon < interval else interval
             delay = next_tick - self.clock.monotonic()
             if delay < 0:  # fell behind: resume the schedule from now
                 next_tick = self.clock.monotonic()

@@ -218,12 +218,28 @@ def _threshold_alert(
     return Alert(key, level, title, f"{body}, {pace}", threshold, inp.cycle[0])
 
 
-def _threshold_alerts(inp: GuardInput, allowance: int, override: bool) -> list[Alert]:
-    plan = inp.plan
+def _all_thresholds(plan: Plan) -> list[Threshold]:
     # 100% always fires, whatever the configured list says: a cap is never silent.
     thresholds = list(plan.thresholds)
     if CAP_THRESHOLD not in thresholds:
         thresholds.append(CAP_THRESHOLD)
+    return thresholds
+
+
+def next_trigger(plan: Plan, used: int, allowance: int) -> int | None:
+    """The byte count at which the next threshold (or the cap) will be crossed, if any.
+
+    The daemon polls sooner when this is near at the current rate, so an alert follows its
+    crossing within a second whatever the poll interval.
+    """
+    ahead = [t.trigger_bytes(allowance) for t in _all_thresholds(plan)]
+    later = [b for b in ahead if b > used]
+    return min(later) if later else None
+
+
+def _threshold_alerts(inp: GuardInput, allowance: int, override: bool) -> list[Alert]:
+    plan = inp.plan
+    thresholds = _all_thresholds(plan)
     due: list[tuple[int, int, Threshold]] = []
     for i, threshold in enumerate(thresholds):
         trigger = threshold.trigger_bytes(allowance)

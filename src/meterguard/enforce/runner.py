@@ -26,6 +26,7 @@ from meterguard.core.guard import (
     Resume,
     SetCap,
     decide,
+    next_trigger,
     resume_grant,
 )
 from meterguard.core.plans import Plan, allowance, period_key
@@ -94,6 +95,9 @@ class PlanGuardRunner:
         self._network = network
         self.plans: dict[str, GuardedPlan] = {}
         self._consumed: dict[str, int | None] = {}
+        # Seconds until the nearest threshold is crossed at the last poll's rate.
+        self.next_crossing_s = float("inf")
+        self._last_step: datetime | None = None
         for name, pc in config.plans.items():
             nets = config.plan_networks(name)
             if not nets:
@@ -164,6 +168,9 @@ class PlanGuardRunner:
 
     def step(self, now: datetime, rows: Sequence[UsageDelta]) -> list[Decision]:
         decisions: list[Decision] = []
+        elapsed = (now - self._last_step).total_seconds() if self._last_step else 0.0
+        self._last_step = now
+        self.next_crossing_s = float("inf")
         for gp in self.plans.values():
             previous_start = gp.usage.cycle[0] if gp.usage.cycle else None
             day = gp.usage.day
@@ -173,7 +180,21 @@ class PlanGuardRunner:
                 gp.usage.add(now, rows)
             self._roll_over_if_due(gp, now)
             decisions += self._decide_and_apply(gp, now, previous_start)
+            self._estimate_crossing(gp, rows, elapsed)
         return decisions
+
+    def _estimate_crossing(
+        self, gp: GuardedPlan, rows: Sequence[UsageDelta], elapsed: float
+    ) -> None:
+        moved = sum(r.bytes_up + r.bytes_down for r in rows if r.network in gp.usage.networks)
+        if elapsed <= 0 or moved <= 0 or gp.usage.cycle is None:
+            return
+        used = gp.usage.cycle_bytes + gp.state.adjust_bytes
+        allowed = self._allowance(gp) + gp.state.topup_bytes
+        target = next_trigger(gp.plan, used, allowed)
+        if target is not None:
+            rate = moved / elapsed
+            self.next_crossing_s = min(self.next_crossing_s, (target - used) / rate)
 
     def _decide_and_apply(
         self, gp: GuardedPlan, now: datetime, previous_start: datetime | None
