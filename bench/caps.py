@@ -149,8 +149,8 @@ def main() -> None:
                 runs.append(run)
                 if not args.json:
                     print(f"[{rep + 1}/{args.reps}] offloads {'on ' if offloads else 'off'} "
-                          f"{direction:8} past cap {run.past_cap:+9,} B (alerts {run.alerts_bytes:,} B)  "
-                          f"alert 50% "
+                          f"{direction:8} past cap {run.past_cap:+9,} B "
+                          f"(alerts {run.alerts_bytes:,} B)  alert 50% "
                           f"{run.latency_50_ms} ms, 100% {run.latency_100_ms} ms "
                           f"(carrier poll {run.poll_ms} ms)", flush=True)
     if args.json:
