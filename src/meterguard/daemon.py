@@ -31,7 +31,7 @@ from meterguard.enforce.runner import PlanGuardRunner
 from meterguard.kernel.cgroupfs import CgroupFs
 from meterguard.kernel.links import LinkTuner, SystemLinks
 from meterguard.kernel.nft import default_backend
-from meterguard.kernel.ruleset import render_reconcile
+from meterguard.kernel.ruleset import Enforcement, render_reconcile
 from meterguard.kernel.table_reader import NetlinkCounterSource
 from meterguard.ledger.store import Ledger
 from meterguard.meter.meter import Meter, PollResult
@@ -188,15 +188,20 @@ class Daemon:
         runner = PlanGuardRunner(
             self.config, ledger, caps, events,
             marks_of_apps=lambda apps: meter_box[0].registry.marks_of_apps(apps),
-            exempt_mark=lambda: (
-                meter_box[0].registry.mark_of_path(NOTIFY_CGROUP) if worker else None
-            ),
         )
+
+        def enforcement() -> Enforcement:
+            notifier = meter_box[0].registry.mark_of_path(NOTIFY_CGROUP) if worker else None
+            return Enforcement(
+                guards=runner.guard_specs(),
+                exempt_marks=(notifier,) if notifier else (),
+            )
+
         meter = Meter(
             nft=nft, source=source, marks=source, tree=tree, links=links,
             tuner=LinkTuner(links, self.paths.links), ledger=ledger,
             metered_globs=globs or ["meterguard-none"], network_of=network_of,
-            guards=runner.guard_specs, on_rebuild=runner.table_rebuilt,
+            enforcement=enforcement, on_rebuild=runner.table_rebuilt,
         )
         meter_box.append(meter)
         return Parts(ledger, source, meter, caps, runner, events, worker, network_of)
@@ -295,9 +300,9 @@ class Daemon:
         """The last good ruleset, each quota with the bytes it used, for `boot-restore`."""
         spec = parts.meter.spec()
         guards = tuple(
-            replace(g, used=parts.caps.consumed(g.name) or 0) for g in spec.guards
+            replace(g, used=parts.caps.consumed(g.name) or 0) for g in spec.enforcement.guards
         )
-        text = render_reconcile(replace(spec, guards=guards))
+        text = render_reconcile(replace(spec, enforcement=replace(spec.enforcement, guards=guards)))
         tmp = self.paths.boot_ruleset.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.paths.boot_ruleset)

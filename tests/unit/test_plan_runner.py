@@ -57,8 +57,7 @@ def ledger(tmp_path: Path) -> Ledger:
 
 def runner(ledger: Ledger, caps: FakeCapControl, events: FakeEvents) -> PlanGuardRunner:
     config = parse_config(CONFIG, Path("t.toml"))
-    r = PlanGuardRunner(config, ledger, caps, events, marks_of_apps=lambda apps: set(),
-                        exempt_mark=lambda: 7)
+    r = PlanGuardRunner(config, ledger, caps, events, marks_of_apps=lambda apps: set())
     return r
 
 
@@ -73,7 +72,7 @@ def test_thresholds_fire_once_and_the_cap_pauses(ledger: Ledger) -> None:
     r = runner(ledger, caps, events)
     r.load(T0)
     (spec,) = r.guard_specs()
-    assert spec.limit == 1000 and spec.exempt_mark == 7
+    assert spec.limit == 1000 and spec.interfaces == ("wwan0",)
     caps.used["tiny"] = 600  # the kernel quota saw the same 600 bytes
     use(ledger, r, T0 + timedelta(seconds=1), 600)
     assert [a.key.rsplit(":", 1)[1] for a in events.sent] == ["50%"]

@@ -84,14 +84,12 @@ class PlanGuardRunner:
         events: EventSink,
         *,
         marks_of_apps: Callable[[frozenset[str]], set[int]],
-        exempt_mark: Callable[[], int | None],
         network: NetworkControl | None = None,
     ) -> None:
         self._ledger = ledger
         self._caps = caps
         self._events = events
         self._marks_of_apps = marks_of_apps
-        self._exempt_mark = exempt_mark
         self._network = network
         self.plans: dict[str, GuardedPlan] = {}
         self._consumed: dict[str, int | None] = {}
@@ -125,8 +123,7 @@ class PlanGuardRunner:
                 consumed = self._caps.consumed(name) or 0
                 gp.limit = consumed + self._remaining(gp, gp.usage.cycle is not None)
             specs.append(PlanGuardSpec(
-                name, gp.interfaces, gp.limit, exempt_mark=self._exempt_mark(),
-                allow_list=gp.plan.cap_action == "block-others",
+                name, gp.interfaces, gp.limit, allow_list=gp.plan.cap_action == "block-others",
             ))
         return tuple(specs)
 

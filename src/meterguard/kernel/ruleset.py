@@ -55,17 +55,35 @@ class PlanGuardSpec:
 
     The quota object is `plan-NAME`; the daemon keeps its limit equal to what the plan has
     left (plus what the quota already consumed), so the cap holds with no daemon running.
-    `exempt_mark` is the conntrack mark of meterguard's own notifier, whose alerts must get
-    out over a paused link; `allow_list` adds the set `allow-NAME` of marks that pass
-    (cap action "block-others"). `used` is only written when persisting for a reboot.
+    `allow_list` adds the set `allow-NAME` of marks that pass (cap action "block-others").
+    `used` is only written when persisting for a reboot.
     """
 
     name: str
     interfaces: tuple[str, ...]
     limit: int
-    exempt_mark: int | None = None
     allow_list: bool = False
     used: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enforcement:
+    """What stops traffic on metered links, besides counting it.
+
+    `guards`: the plans' caps. `block_apps`: flows whose mark is in `@blocked_marks` are
+    refused (per-app policy, roaming guard). `allow_only`: only marks in `@allowed_marks`
+    pass (allow-list mode). `exempt_marks`: meterguard's own notifier, whose alerts must
+    get out whatever is blocked; its bytes are still counted.
+    """
+
+    guards: tuple[PlanGuardSpec, ...] = ()
+    block_apps: bool = False
+    allow_only: bool = False
+    exempt_marks: tuple[int, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.guards) or self.block_apps or self.allow_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +92,7 @@ class RulesetSpec:
 
     metered_interfaces: tuple[str, ...]
     levels: int
-    guards: tuple[PlanGuardSpec, ...] = ()
+    enforcement: Enforcement = Enforcement()
 
     def __post_init__(self) -> None:
         if not 1 <= self.levels <= 32:
@@ -119,26 +137,33 @@ def guard_rules(guard: PlanGuardSpec, dev: str, ifname: str) -> list[str]:
 
 
 def guard_chain(spec: RulesetSpec, direction: str) -> list[str]:
-    """`guard_out` / `guard_in`: what passes a cap, then every plan's stop rules.
+    """`guard_out` / `guard_in`: what always passes, then app blocks, then plan caps.
 
     Passing (`return`, so the packet is still counted): meterguard's own notifier, whose
-    alerts must get out at the cap; DNS, which the notifier's lookups go through another
-    process for; and, outbound, TCP resets, so that flows ended at a pause can close.
+    alerts must get out; DNS, which the notifier's lookups go through another process for;
+    and, outbound, TCP resets, so that flows ended by a block or a pause can close. Blocked
+    apps come before the caps, so their refused packets do not use up a plan's quota.
     """
+    enf = spec.enforcement
     dev, port = ("oifname", "dport") if direction == "out" else ("iifname", "sport")
-    rules: list[str] = []
-    marks = sorted({g.exempt_mark for g in spec.guards if g.exempt_mark})
-    rules += [f"ct mark {mark:#x} return" for mark in marks]
+    rules = [f"ct mark {mark:#x} return" for mark in sorted(set(enf.exempt_marks))]
     rules.append(f"meta l4proto {{ tcp, udp }} th {port} 53 return")
     if direction == "out":
         rules.append("tcp flags rst return")
-    for guard in spec.guards:
+    for match in (["ct mark @blocked_marks"] if enf.block_apps else []) + (
+        ["ct mark != @allowed_marks"] if enf.allow_only else []
+    ):
+        rules.append(f"{match} meta l4proto tcp reject with tcp reset")
+        rules.append(f"{match} drop")
+    for guard in enf.guards:
         for ifname in guard.interfaces:
             rules += guard_rules(guard, dev, ifname)
     return rules
 
 
 def set_declarations(levels: int, guards: tuple[PlanGuardSpec, ...] = ()) -> dict[str, str]:
+    # The policy sets always exist (cheap, and the daemon can fill them before any rule
+    # refers to them); a plan's allow set only with its plan.
     """Every set and map of the table, name -> body."""
     dyn = f"flags dynamic; counter; size {SET_SIZE};"
     decl = {
@@ -150,6 +175,8 @@ def set_declarations(levels: int, guards: tuple[PlanGuardSpec, ...] = ()) -> dic
         "app_out": f"typeof oifname . ct mark; {dyn}",
         "app_in": f"typeof iifname . ct mark; {dyn}",
         "super_out": f"typeof oifname . ct mark; {dyn}",
+        "blocked_marks": f"type mark; size {SET_SIZE};",
+        "allowed_marks": f"type mark; size {SET_SIZE};",
     }
     for level in range(1, levels + 1):
         decl[socket_set("out", level)] = f"typeof oifname . socket cgroupv2 level {level}; {dyn}"
@@ -171,7 +198,7 @@ def chain_rules(spec: RulesetSpec) -> dict[str, list[str]]:
     download is counted before it is stopped (it was billed on arrival).
     """
     rules: dict[str, list[str]] = {name: [] for name in (*BASE_CHAINS, *REGULAR_CHAINS)}
-    guarded = bool(spec.guards)
+    guarded = spec.enforcement.active
     for ifname in spec.metered_interfaces:
         rules["output"].append(f"oifname {_quote(ifname)} jump count_out")
         rules["input"].append(f"iifname {_quote(ifname)} jump count_in")
@@ -217,8 +244,9 @@ def render_reconcile(spec: RulesetSpec) -> str:
     """
     lines = [f"table {TABLE_FAMILY} {TABLE_NAME} {{"]
     # A quota that exists keeps what it consumed: `add` only updates its limit.
-    lines.extend(f"  {quota_declaration(guard)}" for guard in spec.guards)
-    for name, body in set_declarations(spec.levels, spec.guards).items():
+    guards = spec.enforcement.guards
+    lines.extend(f"  {quota_declaration(guard)}" for guard in guards)
+    for name, body in set_declarations(spec.levels, guards).items():
         kind = "map" if ":" in body.split(";")[0] else "set"
         lines.append(f"  {kind} {name} {{ {body} }}")
     for name, hook in BASE_CHAINS.items():

@@ -19,7 +19,7 @@ from meterguard.kernel.cgroupfs import CgroupTree
 from meterguard.kernel.links import LinkControl, LinkTuner
 from meterguard.kernel.nft import NftBackend
 from meterguard.kernel.ruleset import (
-    PlanGuardSpec,
+    Enforcement,
     RulesetSpec,
     render_add_marks,
     render_reconcile,
@@ -132,7 +132,7 @@ class Meter:
         ledger: MeterLedger,
         metered_globs: Sequence[str],
         network_of: Callable[[str], str | None],
-        guards: Callable[[], tuple[PlanGuardSpec, ...]] = tuple,
+        enforcement: Callable[[], Enforcement] = Enforcement,
         on_rebuild: Callable[[], None] = lambda: None,
     ) -> None:
         self._nft = nft
@@ -144,9 +144,9 @@ class Meter:
         self._ledger = ledger
         self._globs = tuple(metered_globs)
         self._network_of = network_of
-        # The plans' quotas: asked for whenever the table is reconciled, so a rebuilt table
-        # gets the limits that hold now.
-        self._guards = guards
+        # Caps and blocks: asked for whenever the table is reconciled, so a rebuilt table
+        # gets the limits and modes that hold now.
+        self._enforcement = enforcement
         self._on_rebuild = on_rebuild
         self._registry = CgroupRegistry(tree, ledger)
         self._state = AttributionState()
@@ -187,10 +187,14 @@ class Meter:
         self._fresh = True
 
     def spec(self) -> RulesetSpec:
-        return RulesetSpec(self._globs, self._levels, self._guards())
+        return RulesetSpec(self._globs, self._levels, self._enforcement())
 
     def _reconcile(self) -> None:
         self._nft.run(render_reconcile(self.spec()))
+
+    def reconcile(self) -> None:
+        """Rewrite the rules now (the enforcement changed: a mode, a plan); sets are kept."""
+        self._reconcile()
 
     def _ensure_marks(self) -> None:
         """Make the kernel map hold exactly the live cgroups' marks (after start or a flush)."""
