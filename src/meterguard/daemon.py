@@ -28,6 +28,7 @@ from meterguard.core.clock import Clock, OffsetClock, SystemClock
 from meterguard.enforce.caps import NftCapControl
 from meterguard.enforce.events import LedgerEventSink
 from meterguard.enforce.runner import PlanGuardRunner
+from meterguard.kernel.cgroup_watch import CgroupWatch, InotifyCgroupWatch, NoCgroupWatch
 from meterguard.kernel.cgroupfs import CgroupFs
 from meterguard.kernel.links import LinkTuner, SystemLinks
 from meterguard.kernel.nft import default_backend
@@ -124,6 +125,7 @@ def _lock(path: Path) -> IO[str]:
 NOTIFY_CGROUP = "meterguard.slice/meterguard-notify.scope"
 BOOT_RULESET_EVERY_POLLS = 10
 MIN_POLL_S = 0.1
+WAIT_SLICE_S = 0.5
 
 
 @dataclass
@@ -138,6 +140,7 @@ class Parts:
     events: LedgerEventSink
     worker: NotifyWorker | None
     network_of: Any
+    watch: CgroupWatch
 
 
 class Daemon:
@@ -204,7 +207,12 @@ class Daemon:
             enforcement=enforcement, on_rebuild=runner.table_rebuilt,
         )
         meter_box.append(meter)
-        return Parts(ledger, source, meter, caps, runner, events, worker, network_of)
+        try:
+            watch: CgroupWatch = InotifyCgroupWatch(tree.mount)
+        except OSError as exc:
+            log.warning("no inotify on cgroupfs (%s): new cgroups are seen at each poll", exc)
+            watch = NoCgroupWatch()
+        return Parts(ledger, source, meter, caps, runner, events, worker, network_of, watch)
 
     def run(self) -> None:
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +239,7 @@ class Daemon:
                 parts.worker.stop()
             parts.ledger.close()
             parts.source.close()
+            parts.watch.close()
             with contextlib.suppress(OSError):
                 self.paths.status.unlink()
             lock.close()
@@ -269,11 +278,27 @@ class Daemon:
             # crossing within a fraction of a second instead of up to a whole interval.
             soon = parts.runner.next_crossing_s
             next_tick += min(interval, max(MIN_POLL_S, soon)) if soon < interval else interval
-            delay = next_tick - self.clock.monotonic()
-            if delay < 0:  # fell behind: resume the schedule from now
+            if next_tick < self.clock.monotonic():  # fell behind: resume from now
                 next_tick = self.clock.monotonic()
-                delay = 0
-            self._stop.wait(delay)
+            self._wait_until(parts, next_tick)
+
+    def _wait_until(self, parts: Parts, deadline: float) -> None:
+        """Sleep until the next poll, but act on new cgroups the moment they appear."""
+        while not self._stop.is_set():
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                return
+            # Short slices keep a stop request (a signal) from waiting a whole interval.
+            if parts.watch.wait(min(remaining, WAIT_SLICE_S)):
+                try:
+                    parts.meter.sync_cgroups(int(self.clock.now()))
+                    self._after_new_cgroups(parts)
+                except Exception:  # the next poll retries; the kernel keeps counting
+                    log.exception("handling new cgroups failed")
+
+    def _after_new_cgroups(self, parts: Parts) -> None:
+        """New cgroups may belong to blocked or allowed apps: enforce on them now."""
+        parts.runner.refresh_allow_lists()
 
     def _tick(self, parts: Parts, polls: int) -> PollResult:
         parts.runner.sample_quotas()

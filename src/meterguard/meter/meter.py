@@ -27,7 +27,7 @@ from meterguard.kernel.ruleset import (
 from meterguard.ledger.model import CgroupRow, UsageDelta
 from meterguard.meter.attribution import AttributionState, Usage, attribute
 from meterguard.meter.readings import CounterSource, KernelReadings, TableMissing
-from meterguard.meter.registry import CgroupLedger, CgroupRegistry, KnownCgroup
+from meterguard.meter.registry import CgroupLedger, CgroupRegistry, KnownCgroup, SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -250,19 +250,24 @@ class Meter:
                 empty.add(known.path)
         self._empty_exec = empty
 
+    def sync_cgroups(self, at: int) -> SyncResult:
+        """Name and mark new cgroups at once (called on inotify events and at each poll)."""
+        sync = self._registry.sync(at)
+        if sync.max_level + LEVEL_HEADROOM > self._levels:
+            self._levels = sync.max_level + LEVEL_HEADROOM
+            self._reconcile()
+        self._add_marks(sync.added)
+        if sync.gone:
+            self._forget([c.cgroup_id for c in sync.gone])
+        return sync
+
     def poll(self, at: int) -> PollResult:
         self._tune_links()
         self._polls += 1
         if self._polls % EXEC_GC_EVERY_POLLS == 0:
             self._collect_exec_cgroups()
-        sync = self._registry.sync(at)
-        if sync.max_level + LEVEL_HEADROOM > self._levels:
-            self._levels = sync.max_level + LEVEL_HEADROOM
-            self._reconcile()
         try:
-            self._add_marks(sync.added)
-            if sync.gone:
-                self._forget([c.cgroup_id for c in sync.gone])
+            self.sync_cgroups(at)
             readings = self._source.read(self._levels)
         except TableMissing:
             # Someone flushed the ruleset (or a reboot emptied it): rebuild, and count the
