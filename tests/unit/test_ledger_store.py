@@ -40,7 +40,9 @@ def ledger(path: Path) -> Iterator[Ledger]:
 def rows(path: Path, table: str) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(path)
     try:
-        return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
+        # The first five columns: time, network, app, bytes up, bytes down (v5 adds the
+        # background shares after them; test_background_share covers those).
+        return [r[:5] for r in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3")]
     finally:
         conn.close()
 
@@ -273,6 +275,18 @@ def test_report_rows_as_dict(ledger: Ledger) -> None:
         "bytes_up": 3,
         "bytes_down": 4,
         "bytes_total": 7,
+        "bytes_foreground": 7,
+        "bytes_background": 0,
     }
     [net] = ledger.totals(T0, T0 + 900, by="network")
     assert net.as_dict()["app"] is None
+
+
+def test_background_share_is_kept_and_totalled(ledger: Ledger) -> None:
+    ledger.record(T0, [UsageDelta("wwan0", "sync", 30, 40, bytes_up_bg=30, bytes_down_bg=10)])
+    ledger.record(T0 + 60, [UsageDelta("wwan0", "sync", 5, 5, bytes_up_bg=0, bytes_down_bg=5)])
+    [row] = ledger.totals(T0, T0 + 900, by="app")
+    assert (row.bytes_up_bg, row.bytes_down_bg) == (30, 15)
+    assert row.as_dict()["bytes_foreground"] == 80 - 45
+    with pytest.raises(ValueError, match="background share"):
+        ledger.record(T0, [UsageDelta("wwan0", "sync", 1, 1, bytes_up_bg=2)])

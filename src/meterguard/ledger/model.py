@@ -45,6 +45,9 @@ class UsageDelta:
     app: str
     bytes_up: int
     bytes_down: int
+    # The part of the above moved in the background (a service, or an idle/locked session).
+    bytes_up_bg: int = 0
+    bytes_down_bg: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +58,16 @@ class ReportRow:
     network: str | None
     bytes_up: int
     bytes_down: int
+    bytes_up_bg: int = 0
+    bytes_down_bg: int = 0
 
     @property
     def bytes_total(self) -> int:
         return self.bytes_up + self.bytes_down
+
+    @property
+    def bytes_background(self) -> int:
+        return self.bytes_up_bg + self.bytes_down_bg
 
     def as_dict(self) -> dict[str, str | int | None]:
         return {
@@ -67,6 +76,8 @@ class ReportRow:
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "bytes_total": self.bytes_total,
+            "bytes_foreground": self.bytes_total - self.bytes_background,
+            "bytes_background": self.bytes_background,
         }
 
 
@@ -150,3 +161,7 @@ def check_delta(delta: UsageDelta) -> None:
     # the bug and corrupt every total after it.
     check_int("bytes_up", delta.bytes_up, minimum=0)
     check_int("bytes_down", delta.bytes_down, minimum=0)
+    check_int("bytes_up_bg", delta.bytes_up_bg, minimum=0)
+    check_int("bytes_down_bg", delta.bytes_down_bg, minimum=0)
+    if delta.bytes_up_bg > delta.bytes_up or delta.bytes_down_bg > delta.bytes_down:
+        raise ValueError(f"the background share cannot exceed the total: {delta!r}")

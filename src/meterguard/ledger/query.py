@@ -109,7 +109,8 @@ def _union(tiles: list[Tile], network: str | None) -> tuple[str, list[object]]:
         table, key = _TABLES[tile.grain]
         # Each branch is a primary-key range scan: the key starts with the time column.
         sql = (
-            f"SELECT {key} AS t, network, app, bytes_up, bytes_down FROM {table}"
+            f"SELECT {key} AS t, network, app, bytes_up, bytes_down, bytes_up_bg, bytes_down_bg"
+            f" FROM {table}"
             f" WHERE {key} >= ? AND {key} < ?"
         )
         params += [tile.lo, tile.hi]
@@ -144,13 +145,14 @@ def totals(
         return []
     union, params = _union(tiles, network)
     rows = conn.execute(
-        f"SELECT {group}, SUM(bytes_up) AS up, SUM(bytes_down) AS down FROM ({union})"
+        f"SELECT {group}, SUM(bytes_up) AS up, SUM(bytes_down) AS down,"
+        f" SUM(bytes_up_bg), SUM(bytes_down_bg) FROM ({union})"
         f" GROUP BY {group} ORDER BY up + down DESC, {group}",
         params,
     ).fetchall()
     if by == "app":
-        return [ReportRow(app=r[1], network=r[0], bytes_up=r[2], bytes_down=r[3]) for r in rows]
-    return [ReportRow(app=None, network=r[0], bytes_up=r[1], bytes_down=r[2]) for r in rows]
+        return [ReportRow(r[1], r[0], r[2], r[3], r[4], r[5]) for r in rows]
+    return [ReportRow(None, r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 def series(

@@ -11,6 +11,8 @@ History:
   v2  15-minute UTC buckets, back-filled from the minute rows; cgroups.gone_at.
   v3  UTC-day roll-up, back-filled from the buckets, so month reports read few rows.
   v4  events (the append-only alert and action log) and commands (the CLI-to-daemon queue).
+  v5  the background share of every usage row (bytes_up_bg, bytes_down_bg): an app's bytes
+      moved while it ran as a service or the session was idle or locked. Old rows: 0.
 """
 
 from __future__ import annotations
@@ -99,8 +101,16 @@ def _v4(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX commands_pending ON commands (id) WHERE done_at IS NULL")
 
 
+def _v5(conn: sqlite3.Connection) -> None:
+    # Part of bytes_up/bytes_down, not beside them: totals stay what they were, and the
+    # foreground share is the difference. History before v5 reads as all foreground.
+    for table in ("usage_minute", "usage_q15", "usage_day"):
+        for column in ("bytes_up_bg", "bytes_down_bg"):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3, _v4, _v5)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

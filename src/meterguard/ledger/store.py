@@ -47,11 +47,14 @@ _BUSY_TIMEOUT_MS = 5_000
 
 _UPSERT = {
     table: (
-        f"INSERT INTO {table} ({key}, network, app, bytes_up, bytes_down)"
-        " VALUES (?, ?, ?, ?, ?)"
+        f"INSERT INTO {table}"
+        f" ({key}, network, app, bytes_up, bytes_down, bytes_up_bg, bytes_down_bg)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
         f" ON CONFLICT ({key}, network, app) DO UPDATE SET"
         " bytes_up = bytes_up + excluded.bytes_up,"
-        " bytes_down = bytes_down + excluded.bytes_down"
+        " bytes_down = bytes_down + excluded.bytes_down,"
+        " bytes_up_bg = bytes_up_bg + excluded.bytes_up_bg,"
+        " bytes_down_bg = bytes_down_bg + excluded.bytes_down_bg"
     )
     for table, key in (("usage_minute", "minute"), ("usage_q15", "bucket"), ("usage_day", "day"))
 }
@@ -222,7 +225,11 @@ class Ledger(EventLog):
                 slot = at // grain * grain
                 self._conn.executemany(
                     _UPSERT[table],
-                    [(slot, d.network, d.app, d.bytes_up, d.bytes_down) for d in moved],
+                    [
+                        (slot, d.network, d.app, d.bytes_up, d.bytes_down, d.bytes_up_bg,
+                         d.bytes_down_bg)
+                        for d in moved
+                    ],
                 )
             self._conn.executemany(
                 "INSERT INTO apps (app, kind, first_seen, last_seen) VALUES (?, ?, ?, ?)"
