@@ -26,6 +26,7 @@ from pydantic import (
 
 from meterguard.config.errors import ConfigError, Loc, format_field
 from meterguard.config.plans import AlertsConfig, PlanConfig, parse_byte_size
+from meterguard.config.policy import NetworkMatch, PolicyConfig, TunnelPort
 
 DEFAULT_CONFIG_PATH = Path("/etc/meterguard/meterguard.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/meterguard")
@@ -154,6 +155,14 @@ class NetworkConfig(_Section):
     metered: bool = True
     plan: Name | None = None
     time_zone: TimeZoneName | None = None
+    # Identities (SSID, SIM...) that claim an active connection's interfaces for this network.
+    match: NetworkMatch | None = None
+    # Tunnels (VPNs) that ride on this network's links: metered too, counted per app, and
+    # their encapsulation shown as its own bucket. `tunnel_ports` names their underlay.
+    tunnels: list[InterfacePattern] = Field(default_factory=list)
+    tunnel_ports: list[TunnelPort] = Field(default_factory=list)
+    # What to block when the modem reports roaming on this network's SIM.
+    roaming_guard: Literal["off", "block-all", "allow-list"] = "off"
 
     def literal_interfaces(self) -> list[str]:
         return [pattern for pattern in self.interfaces if not is_glob(pattern)]
@@ -182,6 +191,7 @@ class Config(_Section):
     network: list[NetworkConfig] = Field(default_factory=list)
     plans: dict[Name, PlanConfig] = Field(default_factory=dict)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
