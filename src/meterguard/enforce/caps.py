@@ -20,7 +20,6 @@ from meterguard.kernel.nft import NftBackend, NftError, run_json
 from meterguard.kernel.ruleset import (
     TABLE_FAMILY,
     TABLE_NAME,
-    allow_set,
     quota_name,
     render_set_limit,
 )
@@ -35,10 +34,16 @@ class CapControl(Protocol):
 
     def set_limit(self, plan: str, limit: int) -> None: ...
 
-    def set_allowed_marks(self, plan: str, marks: Iterable[int]) -> None: ...
+    def replace_marks(self, set_name: str, marks: Iterable[int]) -> None:
+        """Make a set of conntrack marks hold exactly `marks`, in one batch."""
+        ...
 
     def end_flows(self, interfaces: Sequence[str]) -> int:
         """Destroy the local TCP sockets on these links (globs); return how many."""
+        ...
+
+    def end_cgroup_flows(self, cgroup_paths: Sequence[str]) -> int:
+        """Destroy the TCP sockets of these cgroups (paths below the v2 root)."""
         ...
 
 
@@ -61,8 +66,8 @@ class NftCapControl:
     def set_limit(self, plan: str, limit: int) -> None:
         self._nft.run(render_set_limit(plan, limit))
 
-    def set_allowed_marks(self, plan: str, marks: Iterable[int]) -> None:
-        name = allow_set(plan)
+    def replace_marks(self, set_name: str, marks: Iterable[int]) -> None:
+        name = set_name
         script = f"flush set {TABLE_FAMILY} {TABLE_NAME} {name}\n"
         elements = ", ".join(f"{m:#x}" for m in sorted(set(marks)))
         if elements:
@@ -98,13 +103,26 @@ class NftCapControl:
             ended += sum(1 for line in proc.stdout.splitlines() if line.strip())
         return ended
 
+    def end_cgroup_flows(self, cgroup_paths: Sequence[str]) -> int:
+        """SOCK_DESTROY by cgroup: a newly blocked app's live downloads stop at once."""
+        ended = 0
+        for path in cgroup_paths:
+            proc = subprocess.run(
+                [self._ss, "-K", "-t", "-n", "-H", "cgroup", "/" + path.lstrip("/")],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode == 0:
+                ended += sum(1 for line in proc.stdout.splitlines() if line.strip())
+        return ended
+
 
 @dataclass
 class FakeCapControl:
     used: dict[str, int] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
-    allowed: dict[str, set[int]] = field(default_factory=dict)
+    sets: dict[str, set[int]] = field(default_factory=dict)
     ended: list[tuple[str, ...]] = field(default_factory=list)
+    ended_cgroups: list[str] = field(default_factory=list)
 
     def consumed(self, plan: str) -> int | None:
         return self.used.get(plan)
@@ -112,9 +130,13 @@ class FakeCapControl:
     def set_limit(self, plan: str, limit: int) -> None:
         self.limits[plan] = limit
 
-    def set_allowed_marks(self, plan: str, marks: Iterable[int]) -> None:
-        self.allowed[plan] = set(marks)
+    def replace_marks(self, set_name: str, marks: Iterable[int]) -> None:
+        self.sets[set_name] = set(marks)
 
     def end_flows(self, interfaces: Sequence[str]) -> int:
         self.ended.append(tuple(interfaces))
+        return 0
+
+    def end_cgroup_flows(self, cgroup_paths: Sequence[str]) -> int:
+        self.ended_cgroups.extend(cgroup_paths)
         return 0

@@ -34,7 +34,7 @@ from meterguard.core.units import format_bytes
 from meterguard.enforce.caps import CapControl
 from meterguard.enforce.state import PlanState, state_key
 from meterguard.enforce.usage import PlanUsage, TotalsReader, plan_summary
-from meterguard.kernel.ruleset import PlanGuardSpec
+from meterguard.kernel.ruleset import PlanGuardSpec, allow_set
 from meterguard.ledger.model import UsageDelta
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class PlanGuardRunner:
             gp.state.paused = True
             self._save(gp)
             if isinstance(d, BlockOthers):
-                self._caps.set_allowed_marks(name, self._marks_of_apps(frozenset(d.allow)))
+                self._caps.replace_marks(allow_set(name), self._marks_of_apps(frozenset(d.allow)))
             if isinstance(d, Disconnect) and (
                 self._network is None or not self._network.disconnect(gp.interfaces)
             ):
@@ -264,7 +264,7 @@ class PlanGuardRunner:
         for name, gp in self.plans.items():
             if gp.plan.cap_action == "block-others":
                 allowed = frozenset(gp.plan.allow_list)
-                self._caps.set_allowed_marks(name, self._marks_of_apps(allowed))
+                self._caps.replace_marks(allow_set(name), self._marks_of_apps(allowed))
 
     def table_rebuilt(self) -> None:
         """The quotas were recreated: write every limit again at the next decision."""
