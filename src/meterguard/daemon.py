@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,18 +26,15 @@ from typing import IO, Any
 
 from meterguard.config import Config
 from meterguard.core.clock import Clock, OffsetClock, SystemClock
-from meterguard.enforce.caps import NftCapControl
-from meterguard.enforce.events import LedgerEventSink
-from meterguard.enforce.runner import PlanGuardRunner
-from meterguard.kernel.cgroup_watch import CgroupWatch, InotifyCgroupWatch, NoCgroupWatch
-from meterguard.kernel.cgroupfs import CgroupFs
-from meterguard.kernel.links import LinkTuner, SystemLinks
-from meterguard.kernel.nft import default_backend
-from meterguard.kernel.ruleset import Enforcement, render_reconcile
-from meterguard.kernel.table_reader import NetlinkCounterSource
-from meterguard.ledger.store import Ledger
-from meterguard.meter.meter import Meter, PollResult
-from meterguard.notify.handle import NotifyWorker, NotifyWorkerError
+from meterguard.core.policy import is_background
+from meterguard.kernel.links import SystemLinks
+from meterguard.kernel.ruleset import render_reconcile
+from meterguard.meter.meter import PollResult
+from meterguard.notify.handle import NotifyWorkerError
+from meterguard.system.modemmanager import ModemInfo
+from meterguard.wiring import Parts, build
+
+POLICY_COMMANDS = frozenset({"allow", "block", "background", "unset"})
 
 log = logging.getLogger("meterguard.daemon")
 
@@ -122,25 +120,12 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-NOTIFY_CGROUP = "meterguard.slice/meterguard-notify.scope"
 BOOT_RULESET_EVERY_POLLS = 10
 MIN_POLL_S = 0.1
 WAIT_SLICE_S = 0.5
-
-
-@dataclass
-class Parts:
-    """Everything the loop drives, built once at start."""
-
-    ledger: Ledger
-    source: NetlinkCounterSource
-    meter: Meter
-    caps: NftCapControl
-    runner: PlanGuardRunner
-    events: LedgerEventSink
-    worker: NotifyWorker | None
-    network_of: Any
-    watch: CgroupWatch
+# NetworkManager, ModemManager and logind are asked this often (seconds).
+AWARENESS_EVERY_S = 2.0
+NOT_APPS = frozenset({"unattributed", "forwarded", "vpn-overhead"})
 
 
 class Daemon:
@@ -154,6 +139,7 @@ class Daemon:
         test_clock = os.environ.get("METERGUARD_TEST_CLOCK")
         self.clock = clock or (OffsetClock(test_clock) if test_clock else SystemClock())
         self._stop = threading.Event()
+        self._last_aware = float("-inf")
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         log.info("stopping (signal %s)", signum)
@@ -162,68 +148,18 @@ class Daemon:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.now(), UTC)
 
-    def _start_worker(self, mount: Path) -> NotifyWorker | None:
-        if not self.config.alerts.apprise or self.config_path is None:
-            return None
-        worker = NotifyWorker(self.config_path)
-        try:
-            # A cgroup of its own: its traffic is let through a paused link, and counted.
-            worker.start(mount / NOTIFY_CGROUP)
-        except NotifyWorkerError as exc:
-            log.error("alerts will reach the event log only: %s", exc)
-            return None
-        log.info("notifier started for %s", ", ".join(worker.channels))
-        return worker
-
-    def _build(self) -> Parts:
-        globs, network_of = network_resolver(self.config)
-        if not globs:
-            log.warning("no metered network in the configuration: nothing will be counted")
-        links = SystemLinks()
-        source = NetlinkCounterSource(links, lambda i: network_of(i) is not None)
-        ledger = Ledger.open(self.paths.ledger)
-        tree = CgroupFs()
-        worker = self._start_worker(tree.mount)
-        nft = default_backend()
-        caps = NftCapControl(nft)
-        events = LedgerEventSink(ledger, worker)
-        meter_box: list[Meter] = []
-        runner = PlanGuardRunner(
-            self.config, ledger, caps, events,
-            marks_of_apps=lambda apps: meter_box[0].registry.marks_of_apps(apps),
-        )
-
-        def enforcement() -> Enforcement:
-            notifier = meter_box[0].registry.mark_of_path(NOTIFY_CGROUP) if worker else None
-            return Enforcement(
-                guards=runner.guard_specs(),
-                exempt_marks=(notifier,) if notifier else (),
-            )
-
-        meter = Meter(
-            nft=nft, source=source, marks=source, tree=tree, links=links,
-            tuner=LinkTuner(links, self.paths.links), ledger=ledger,
-            metered_globs=globs or ["meterguard-none"], network_of=network_of,
-            enforcement=enforcement, on_rebuild=runner.table_rebuilt,
-        )
-        meter_box.append(meter)
-        try:
-            watch: CgroupWatch = InotifyCgroupWatch(tree.mount)
-        except OSError as exc:
-            log.warning("no inotify on cgroupfs (%s): new cgroups are seen at each poll", exc)
-            watch = NoCgroupWatch()
-        return Parts(ledger, source, meter, caps, runner, events, worker, network_of, watch)
-
     def run(self) -> None:
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(self.paths.lock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
-        parts = self._build()
+        parts = build(self.config, self.paths.state_dir, self.paths.ledger, self.paths.links,
+                      self.config_path)
         started = self.clock.now()
         try:
             parts.runner.load(self.now())
             parts.meter.start(int(started))
+            parts.policy.enforce(self.now())
             self._persist_ruleset(parts)
             log.info("started: metered interfaces %s, cgroup levels %d, every %.1f s, plans: %s",
                      ", ".join(parts.meter.spec().metered_interfaces), parts.meter.levels,
@@ -234,12 +170,7 @@ class Daemon:
             restored = parts.meter.stop()
             if restored:
                 log.info("restored interface settings of %s", ", ".join(restored))
-            if parts.worker is not None:
-                parts.events.record_deliveries()
-                parts.worker.stop()
-            parts.ledger.close()
-            parts.source.close()
-            parts.watch.close()
+            parts.close()
             with contextlib.suppress(OSError):
                 self.paths.status.unlink()
             lock.close()
@@ -298,18 +229,51 @@ class Daemon:
 
     def _after_new_cgroups(self, parts: Parts) -> None:
         """New cgroups may belong to blocked or allowed apps: enforce on them now."""
+        parts.policy.enforce(self.now())
         parts.runner.refresh_allow_lists()
 
-    def _tick(self, parts: Parts, polls: int) -> PollResult:
-        parts.runner.sample_quotas()
-        result = parts.meter.poll(int(self.clock.now()))
-        now = self.now()
+    def _aware(self, parts: Parts) -> None:
+        """What NetworkManager, ModemManager and logind say now, applied."""
+        if parts.awareness.refresh():
+            view = parts.awareness.view
+            log.info("metered interfaces now: %s", ", ".join(view.globs()) or "none")
+            parts.meter.set_interfaces(view.globs())
+        for hint in parts.awareness.view.hints:
+            parts.events.note("hint", "info", "is this network metered?", hint, self.now(),
+                              key=f"hint:{hint}")
+        parts.policy.session = parts.awareness.session
+        parts.policy.roaming = parts.awareness.view.roaming
+
+    def _background(self, parts: Parts) -> Callable[[str], bool]:
+        facts = parts.policy.app_facts()
+        session = parts.awareness.session
+
+        def background(app: str) -> bool:
+            fact = facts.get(app)
+            return fact is not None and is_background(fact.kind, fact.unit, session)
+
+        return background
+
+    def _commands(self, parts: Parts, now: datetime) -> None:
         for cmd in parts.ledger.pending_commands():
             try:
-                outcome = parts.runner.command(cmd.kind, cmd.args or {}, now)
+                if cmd.kind in POLICY_COMMANDS:
+                    outcome = parts.policy.command(cmd.kind, cmd.args or {}, now)
+                else:
+                    outcome = parts.runner.command(cmd.kind, cmd.args or {}, now)
             except (ValueError, KeyError, TypeError) as exc:
                 outcome = f"refused: {exc}"
             parts.ledger.finish_command(cmd.id, int(now.timestamp()), outcome)
+
+    def _tick(self, parts: Parts, polls: int) -> PollResult:
+        if self.clock.monotonic() - self._last_aware >= AWARENESS_EVERY_S:
+            self._last_aware = self.clock.monotonic()
+            self._aware(parts)
+        parts.policy.enforce(self.now())
+        parts.runner.sample_quotas()
+        result = parts.meter.poll(int(self.clock.now()), self._background(parts))
+        now = self.now()
+        self._commands(parts, now)
         parts.runner.step(now, result.rows)
         parts.events.record_deliveries()
         if parts.worker is not None and not parts.worker.running:
@@ -341,6 +305,7 @@ class Daemon:
         ]
         network_of = parts.network_of
         ifaces = {i: network_of(i) for i in SystemLinks().names() if network_of(i)}
+        aware = parts.awareness
         write_status(self.paths.status, {
             "pid": os.getpid(),
             "started_at": started,
@@ -353,7 +318,25 @@ class Daemon:
             "interfaces": ifaces,
             "rates": rates,
             "plans": parts.runner.summaries(self.now()),
+            "policy": parts.policy.status(),
+            "session": {"idle": aware.session.idle, "locked": aware.session.locked,
+                        "known": aware.session.known},
+            "modems": [_modem_status(m) for m in aware.modems],
+            "roaming": sorted(aware.view.roaming),
+            "hints": list(aware.view.hints),
         })
+
+
+def _modem_status(m: ModemInfo) -> dict[str, Any]:
+    return {
+        "path": m.path, "model": f"{m.manufacturer} {m.model}".strip(),
+        "operator": m.operator_name, "operator_code": m.operator_code,
+        "registration": m.registration, "roaming": m.roaming, "generation": m.generation,
+        "access_technologies": list(m.access_technologies), "iccid": m.iccid, "imsi": m.imsi,
+        "interfaces": list(m.net_interfaces),
+        "supported_modes": [list(p) for p in m.supported_modes],
+        "current_modes": list(m.current_modes),
+    }
 
 
 def configure_logging(level: str) -> None:

@@ -7,12 +7,13 @@ the config accepts exactly what the daemon enforces.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from meterguard.config.plans import parse_byte_size
-from meterguard.core.policy import DEFAULT_POLICY, Policy
+from meterguard.core.policy import Policy
 
 RuleName = Literal["allow", "block", "background"]
 _PORT = re.compile(r"^(udp|tcp):(\d{1,5})$")
@@ -41,14 +42,18 @@ class PolicyConfig(_Section):
     background_limit_per_hour: Annotated[int, BeforeValidator(parse_byte_size)] | None = None
     # Extra catalogue files (TOML) merged over the shipped catalogue.
     catalogue_dir: str = "/etc/meterguard/catalogue.d"
+    # The catalogue's default profile (updates and sync only on Wi-Fi, ...). False leaves
+    # every category to `default` unless `categories` names it.
+    default_profile: bool = True
 
-    def to_policy(self) -> Policy:
-        if self.mode == "default" and not self.apps and not self.categories and not self.allow:
-            if self.default == "allow":
-                return DEFAULT_POLICY
+    def to_policy(self, categories: Iterable[str] = ()) -> Policy:
+        rules = dict(self.categories)
+        if not self.default_profile:
+            for category in categories:
+                rules.setdefault(category, self.default)
         return Policy(
             mode=self.mode, default=self.default, apps=dict(self.apps),
-            categories=dict(self.categories), allow_list=frozenset(self.allow),
+            categories=rules, allow_list=frozenset(self.allow),
         )
 
 

@@ -57,11 +57,15 @@ class LedgerEventSink:
     def fired(self, prefix: str) -> frozenset[str]:
         return frozenset(self._store.event_keys(prefix))
 
-    def note(self, kind: str, level: str, title: str, body: str, at: datetime) -> None:
+    def note(
+        self, kind: str, level: str, title: str, body: str, at: datetime,
+        *, key: str | None = None,
+    ) -> None:
+        """Record an event; with a `key`, only the first time (a hint, a finding)."""
         lvl: EventLevel = "critical" if level == "critical" else (
             "warning" if level == "warning" else "info")
-        self._store.add_event(int(at.timestamp()), kind, lvl, title, body)
-        log.info("%s: %s", title, body)
+        if self._store.add_event(int(at.timestamp()), kind, lvl, title, body, key=key):
+            log.info("%s: %s", title, body)
 
     def record_deliveries(self) -> list[Delivery]:
         """Store what the notifier reports back (each channel, ok or why not)."""

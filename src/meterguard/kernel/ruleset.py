@@ -31,6 +31,9 @@ TABLE_NAME = "meterguard"
 SUPER_PACKET_LENGTH = 1500
 
 SET_SIZE = 65535
+# The conntrack mark of a tunnel's underlay flows (VPN packets on the metered link). Far
+# above the marks the ledger hands to cgroups (1, 2, 3, ...), which never reach it.
+TUNNEL_MARK = 0x7FFFFF00
 
 BASE_CHAINS = {
     # Output late (after other filters) so a packet some firewall drops is not counted as sent;
@@ -80,6 +83,9 @@ class Enforcement:
     block_apps: bool = False
     allow_only: bool = False
     exempt_marks: tuple[int, ...] = ()
+    # Underlay of tunnels riding on metered links ("udp:1194"): their flows get TUNNEL_MARK,
+    # so their bytes are known as encapsulation and not booked to the tunnel's process.
+    tunnel_ports: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -210,6 +216,10 @@ def chain_rules(spec: RulesetSpec) -> dict[str, list[str]]:
             rules["forward"].append(f"iifname {_quote(ifname)} jump guard_in")
     for direction, dev in (("out", "oifname"), ("in", "iifname")):
         count = rules[f"count_{direction}"]
+        port_dir = "dport" if direction == "out" else "sport"
+        for proto_port in spec.enforcement.tunnel_ports:
+            proto, port = proto_port.split(":")
+            count.append(f"ct mark 0 {proto} {port_dir} {port} ct mark set {TUNNEL_MARK:#x}")
         for level in range(spec.levels, 0, -1):
             count.append(f"ct mark 0 ct mark set socket cgroupv2 level {level} map @cgroup_marks")
         if guarded and direction == "out":

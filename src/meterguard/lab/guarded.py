@@ -24,11 +24,19 @@ CLI = [sys.executable, "-m", "meterguard.cli.main"]
 Usage = dict[tuple[str, str], tuple[int, int]]  # (network, app) -> (bytes_up, bytes_down)
 
 
-def lab_config(lab: Lab, interval: float = 1.0, extra: str = "", plan: str | None = None) -> str:
-    """The host's config: `esim` is wwan0 (metered, on `plan` if given), `wifi` is wlan0."""
+def lab_config(
+    lab: Lab, interval: float = 1.0, extra: str = "", plan: str | None = None,
+    policy: str | None = None,
+) -> str:
+    """The host's config: `esim` is wwan0 (metered, on `plan` if given), `wifi` is wlan0.
+
+    Unless `policy` gives a `[policy]` table, the catalogue's default profile is off, so a
+    test about counting is not also a test of which apps the profile blocks.
+    """
     plan_line = f"plan = \"{plan}\"\n" if plan else ""
+    policy = policy if policy is not None else "[policy]\ndefault_profile = false\n\n"
     return (
-        f"[daemon]\ninterval = {interval}\nlog_level = \"debug\"\n\n"
+        f"[daemon]\ninterval = {interval}\nlog_level = \"debug\"\n\n{policy}"
         f"[[network]]\nname = \"esim\"\ninterfaces = [\"{lab.metered_ifname}\"]\n"
         f"metered = true\n{plan_line}\n"
         f"[[network]]\nname = \"wifi\"\ninterfaces = [\"{lab.wifi_ifname}\"]\nmetered = false\n"
@@ -39,7 +47,7 @@ def lab_config(lab: Lab, interval: float = 1.0, extra: str = "", plan: str | Non
 class GuardedHost:
     def __init__(
         self, lab: Lab, state_dir: Path, *, interval: float = 1.0, extra: str = "",
-        plan: str | None = None,
+        plan: str | None = None, policy: str | None = None,
     ) -> None:
         self.lab = lab
         self.state_dir = state_dir
@@ -48,7 +56,7 @@ class GuardedHost:
         # The daemon's wall clock is moved by the seconds written here (a test hook).
         self.clock_file = state_dir / "clock-offset"
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(lab_config(lab, interval, extra, plan))
+        self.config.write_text(lab_config(lab, interval, extra, plan, policy))
         self.daemon: subprocess.Popen[str] | None = None
 
     # --- the daemon ----------------------------------------------------------------------

@@ -22,6 +22,8 @@ from meterguard.meter.readings import Direction, KernelReadings
 
 UNATTRIBUTED = "unattributed"
 FORWARDED = "forwarded"
+# Encapsulation of tunnels over a metered link: underlay bytes less the tunnels' own bytes.
+TUNNEL_OVERHEAD = "vpn-overhead"
 
 
 
@@ -56,6 +58,7 @@ class AttributionState:
 
     unattributed: dict[tuple[str, Direction], Remainder] = field(default_factory=dict)
     headers: dict[str, Remainder] = field(default_factory=dict)
+    overhead: dict[tuple[str, Direction], Remainder] = field(default_factory=dict)
 
 
 Usage = dict[tuple[str, str], list[int]]  # (network, app) -> [bytes_up, bytes_down]
@@ -104,6 +107,8 @@ def attribute(
     app_of_cgroup: Callable[[int], str | None],
     parent_of: Callable[[int], int | None],
     state: AttributionState,
+    is_tunnel: Callable[[str], bool] = lambda ifname: False,
+    tunnel_mark: int = 0,
 ) -> Usage:
     """One interval's usage per (network, app), bytes up and down.
 
@@ -111,11 +116,20 @@ def attribute(
     handled by the trackers). Upload of GSO super-packets is corrected from the link
     statistics: the headers that the hooks never saw are shared among the marks that sent
     super-packets in this interval.
+
+    Tunnels count nothing twice: their own interfaces are booked per app like any link,
+    and the underlay flows (marked `tunnel_mark` on the metered link) are booked only as
+    the encapsulation they add, `vpn-overhead` = underlay bytes - tunnel bytes.
     """
     usage: Usage = {}
     claimed: dict[tuple[str, Direction], int] = defaultdict(int)
+    underlay: dict[tuple[str, Direction], int] = defaultdict(int)
     for (ifname, direction, mark), n in delta.marked.items():
         network = network_of(ifname)
+        if network is not None and tunnel_mark and mark == tunnel_mark:
+            underlay[(network, direction)] += n
+            claimed[(ifname, direction)] += n
+            continue
         app = app_of_mark(mark)
         if network is None or app is None:
             continue  # an unknown mark is not ours: its bytes stay unattributed
@@ -140,6 +154,16 @@ def attribute(
         network = network_of(ifname)
         if network is not None:
             _add(usage, network, FORWARDED, direction, n)
+
+    inner: dict[tuple[str, Direction], int] = defaultdict(int)
+    for (ifname, direction), n in delta.link.items():
+        network = network_of(ifname)
+        if network is not None and is_tunnel(ifname):
+            inner[(network, direction)] += n
+    for key in set(underlay) | set(inner):
+        remainder = state.overhead.setdefault(key, Remainder())
+        _add(usage, key[0], TUNNEL_OVERHEAD, key[1],
+             remainder.add(underlay.get(key, 0), inner.get(key, 0)))
 
     _correct_super_packets(delta, usage, network_of, app_of_mark, state)
     return usage

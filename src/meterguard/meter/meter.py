@@ -19,6 +19,7 @@ from meterguard.kernel.cgroupfs import CgroupTree
 from meterguard.kernel.links import LinkControl, LinkTuner
 from meterguard.kernel.nft import NftBackend
 from meterguard.kernel.ruleset import (
+    TUNNEL_MARK,
     Enforcement,
     RulesetSpec,
     render_add_marks,
@@ -134,6 +135,7 @@ class Meter:
         network_of: Callable[[str], str | None],
         enforcement: Callable[[], Enforcement] = Enforcement,
         on_rebuild: Callable[[], None] = lambda: None,
+        is_tunnel: Callable[[str], bool] = lambda ifname: False,
     ) -> None:
         self._nft = nft
         self._source = source
@@ -148,6 +150,7 @@ class Meter:
         # gets the limits and modes that hold now.
         self._enforcement = enforcement
         self._on_rebuild = on_rebuild
+        self._is_tunnel = is_tunnel
         self._registry = CgroupRegistry(tree, ledger)
         self._state = AttributionState()
         self._tracker: CounterTracker[CounterKey] = CounterTracker(None)
@@ -195,6 +198,15 @@ class Meter:
     def reconcile(self) -> None:
         """Rewrite the rules now (the enforcement changed: a mode, a plan); sets are kept."""
         self._reconcile()
+
+    def set_interfaces(self, globs: Sequence[str]) -> bool:
+        """Meter these interfaces from now on (a SIM or hotspot came or went)."""
+        new = tuple(globs) or ("meterguard-none",)
+        if new == self._globs:
+            return False
+        self._globs = new
+        self._reconcile()
+        return True
 
     def _ensure_marks(self) -> None:
         """Make the kernel map hold exactly the live cgroups' marks (after start or a flush)."""
@@ -261,7 +273,9 @@ class Meter:
             self._forget([c.cgroup_id for c in sync.gone])
         return sync
 
-    def poll(self, at: int) -> PollResult:
+    def poll(self, at: int, background: Callable[[str], bool] | None = None) -> PollResult:
+        """Read, attribute and record one interval; `background(app)` says whose bytes
+        this interval count as background (a service, or an idle or locked session)."""
         self._tune_links()
         self._polls += 1
         if self._polls % EXEC_GC_EVERY_POLLS == 0:
@@ -289,8 +303,14 @@ class Meter:
             app_of_cgroup=self._registry.app_of_cgroup,
             parent_of=self._registry.parent_of,
             state=self._state,
+            is_tunnel=self._is_tunnel,
+            tunnel_mark=TUNNEL_MARK,
         )
-        rows = [UsageDelta(net, app, up, down) for (net, app), (up, down) in usage.items()]
+        rows = [
+            UsageDelta(net, app, up, down, *((up, down) if background and background(app)
+                                             else (0, 0)))
+            for (net, app), (up, down) in usage.items()
+        ]
         kinds = {r.app: k for r in rows if (k := self._registry.kind_of_app(r.app)) is not None}
         self._ledger.record(
             at, rows, state={SNAPSHOT_KEY: dump_snapshot(self._tracker.snapshot())},
