@@ -125,6 +125,8 @@ MIN_POLL_S = 0.1
 WAIT_SLICE_S = 0.5
 # NetworkManager, ModemManager and logind are asked this often (seconds).
 AWARENESS_EVERY_S = 2.0
+# The leak rules read an hour of the ledger: often enough for a leak to show within seconds.
+LEAK_CHECK_EVERY_S = 5.0
 NOT_APPS = frozenset({"unattributed", "forwarded", "vpn-overhead"})
 
 
@@ -140,6 +142,7 @@ class Daemon:
         self.clock = clock or (OffsetClock(test_clock) if test_clock else SystemClock())
         self._stop = threading.Event()
         self._last_aware = float("-inf")
+        self._last_leaks = float("-inf")
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         log.info("stopping (signal %s)", signum)
@@ -275,6 +278,12 @@ class Daemon:
         now = self.now()
         self._commands(parts, now)
         parts.runner.step(now, result.rows)
+        aware = parts.awareness
+        parts.leaks.observe(now, result.rows, aware.session, aware.view.roaming)
+        if self.clock.monotonic() - self._last_leaks >= LEAK_CHECK_EVERY_S:
+            self._last_leaks = self.clock.monotonic()
+            parts.leaks.check(now, sorted(set(aware.view.interfaces.values())), aware.session,
+                              aware.view.roaming)
         parts.events.record_deliveries()
         if parts.worker is not None and not parts.worker.running:
             # Its pending alerts were reported failed; a fresh worker takes the next ones.

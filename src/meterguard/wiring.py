@@ -16,6 +16,7 @@ from meterguard.core.catalogue import Catalogue, extend_shipped, read_sources
 from meterguard.enforce.awareness import Awareness
 from meterguard.enforce.caps import NftCapControl
 from meterguard.enforce.events import LedgerEventSink
+from meterguard.enforce.leaks import LeakWatcher
 from meterguard.enforce.policy import PolicyRuntime
 from meterguard.enforce.runner import PlanGuardRunner
 from meterguard.kernel.cgroup_watch import CgroupWatch, InotifyCgroupWatch, NoCgroupWatch
@@ -49,6 +50,7 @@ class Parts:
     runner: PlanGuardRunner
     policy: PolicyRuntime
     awareness: Awareness
+    leaks: LeakWatcher
     events: LedgerEventSink
     worker: NotifyWorker | None
     watch: CgroupWatch
@@ -156,4 +158,7 @@ def build(config: Config, state_dir: Path, ledger_path: Path, links_path: Path,
     except OSError as exc:
         log.warning("no inotify on cgroupfs (%s): new cgroups are seen at each poll", exc)
         watch = NoCgroupWatch()
-    return Parts(ledger, source, meter, caps, runner, policy, awareness, events, worker, watch)
+    leaks = LeakWatcher(ledger, events, config.policy.background_limit_per_hour,
+                        frozenset(config.policy.allow))
+    return Parts(ledger, source, meter, caps, runner, policy, awareness, leaks, events, worker,
+                 watch)

@@ -70,7 +70,8 @@ def test_report_json_shape_and_totals(tmp_path: Path, config: Path) -> None:
     by_net = json.loads(mg("report", "--config", str(config), "--state-dir", str(tmp_path),
                            "--by", "network", "--period", "month", "--json").stdout)
     assert by_net["rows"] == [{"network": "esim", "bytes_up": 108, "bytes_down": 5011,
-                               "bytes_total": 5119}]
+                               "bytes_total": 5119, "bytes_foreground": 5119,
+                               "bytes_background": 0}]
     apps = json.loads(mg("apps", "--state-dir", str(tmp_path), "--json").stdout)["apps"]
     assert {a["app"] for a in apps} == {"firefox", "unattributed"}
 

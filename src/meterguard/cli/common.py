@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +19,7 @@ from meterguard.config import (
     ConfigError,
     load_config,
 )
+from meterguard.ledger.store import Ledger
 
 ConfigOpt = Annotated[
     Path,
@@ -85,3 +87,29 @@ def report_zone(config: Config, override: str | None) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         fail(f"unknown time zone {name!r}", 2)
+
+
+def queue_command(state_dir: Path, kind: str, args: dict[str, Any], json_out: bool) -> None:
+    """Queue a command for the daemon in the ledger and wait (5 s at most) for its result."""
+    require_root(f"meterguard {kind}")
+    path = state_dir / "ledger.sqlite3"
+    if not path.exists():
+        fail(f"{path} does not exist: start the daemon first")
+    with Ledger.open(path) as ledger:
+        command_id = ledger.enqueue_command(int(time.time()), kind, args)
+    deadline = time.monotonic() + 5.0
+    row = None
+    while time.monotonic() < deadline:
+        with Ledger.open(path, readonly=True) as ledger:
+            row = ledger.command(command_id)
+        if row is not None and row.done_at is not None:
+            break
+        time.sleep(0.1)
+    done = row is not None and row.done_at is not None
+    result = row.result if done and row is not None else None
+    if json_out:
+        print_json({"command": command_id, "done": done, "result": result})
+    elif done:
+        print(result)
+    else:
+        print(f"queued as command {command_id}: the daemon applies it when it runs")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +18,7 @@ from meterguard.cli.common import (
     fail,
     load,
     print_json,
-    require_root,
+    queue_command,
 )
 from meterguard.config import Config
 from meterguard.core.units import format_bytes, parse_size
@@ -120,31 +119,6 @@ def show(
         _print(summary)
 
 
-def _queue(state_dir: Path, kind: str, args: dict[str, Any], json_out: bool) -> None:
-    require_root(f"meterguard plan {kind}")
-    path = state_dir / "ledger.sqlite3"
-    if not path.exists():
-        fail(f"{path} does not exist: start the daemon first")
-    with Ledger.open(path) as ledger:
-        command_id = ledger.enqueue_command(int(time.time()), kind, args)
-    deadline = time.monotonic() + 5.0
-    row = None
-    while time.monotonic() < deadline:
-        with Ledger.open(path, readonly=True) as ledger:
-            row = ledger.command(command_id)
-        if row is not None and row.done_at is not None:
-            break
-        time.sleep(0.1)
-    done = row is not None and row.done_at is not None
-    result = row.result if done and row is not None else None
-    if json_out:
-        print_json({"command": command_id, "done": done, "result": result})
-    elif done:
-        print(result)
-    else:
-        print(f"queued as command {command_id}: the daemon applies it when it runs")
-
-
 @plan_app.command()
 def topup(
     size: Annotated[str, typer.Argument(help="How much was bought, e.g. '5 GB'.")],
@@ -153,7 +127,7 @@ def topup(
     json_out: JsonOpt = False,
 ) -> None:
     """Add a top-up to the current cycle's allowance (a paused plan resumes)."""
-    _queue(state_dir, "topup", {"plan": plan, "bytes": _size(size)}, json_out)
+    queue_command(state_dir, "topup", {"plan": plan, "bytes": _size(size)}, json_out)
 
 
 @plan_app.command()
@@ -171,7 +145,7 @@ def resume(
         args: dict[str, Any] = {"seconds": float(match[1]) * _UNIT_S[match[2]]}
     else:
         args = {"bytes": _size(for_)}
-    _queue(state_dir, "resume", {"plan": plan, **args}, json_out)
+    queue_command(state_dir, "resume", {"plan": plan, **args}, json_out)
 
 
 @plan_app.command("set-used")
@@ -182,7 +156,7 @@ def set_used(
     json_out: JsonOpt = False,
 ) -> None:
     """Re-anchor this cycle's count to the carrier's figure (carriers count differently)."""
-    _queue(state_dir, "set-used", {"plan": plan, "bytes": _size(size)}, json_out)
+    queue_command(state_dir, "set-used", {"plan": plan, "bytes": _size(size)}, json_out)
 
 
 def _size(text: str) -> int:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from meterguard.core.guard import Alert
+from meterguard.core.leaks import Finding
 from meterguard.ledger.events import EventLevel
 from meterguard.notify.message import AlertMessage, Delivery
 
@@ -52,6 +53,22 @@ class LedgerEventSink:
         log.info("alert: %s: %s", alert.title, alert.body)
         if self._sender is not None:
             self._sender.send(AlertMessage.from_alert(alert, event_id=event_id, at=at))
+        return True
+
+    def finding(self, finding: Finding, at: datetime) -> bool:
+        """Record a leak finding once (its key) and send it as an alert; False if known."""
+        body = f"{finding.title}. Fix: {finding.fix}"
+        event_id = self._store.add_event(
+            int(at.timestamp()), "leak", finding.level, finding.title, body, key=finding.key,
+            data={"kind": finding.kind, "app": finding.app, "network": finding.network,
+                  "evidence": finding.evidence, "fix": finding.fix,
+                  "period_start": finding.period_start.isoformat()},
+        )
+        if event_id is None:
+            return False
+        if self._sender is not None:
+            self._sender.send(AlertMessage(finding.title, body, finding.level, finding.key,
+                                           event_id, at.timestamp()))
         return True
 
     def fired(self, prefix: str) -> frozenset[str]:

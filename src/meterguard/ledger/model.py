@@ -90,6 +90,12 @@ class SeriesRow:
     network: str | None
     bytes_up: int
     bytes_down: int
+    bytes_up_bg: int = 0
+    bytes_down_bg: int = 0
+
+    @property
+    def bytes_background(self) -> int:
+        return self.bytes_up_bg + self.bytes_down_bg
 
     @property
     def bytes_total(self) -> int:

@@ -182,15 +182,11 @@ def series(
         return []
     union, params = _union(tiles, network)
     rows = conn.execute(
-        f"SELECT ? + (t - ?) / ? * ? AS step, {group}, SUM(bytes_up), SUM(bytes_down)"
+        f"SELECT ? + (t - ?) / ? * ? AS step, {group}, SUM(bytes_up), SUM(bytes_down),"
+        f" SUM(bytes_up_bg), SUM(bytes_down_bg)"
         f" FROM ({union}) GROUP BY step, {group} ORDER BY step, {group}",
         [start, start, step_seconds, step_seconds, *params],
     ).fetchall()
     if by == "app":
-        return [
-            SeriesRow(start=r[0], app=r[2], network=r[1], bytes_up=r[3], bytes_down=r[4])
-            for r in rows
-        ]
-    return [
-        SeriesRow(start=r[0], app=None, network=r[1], bytes_up=r[2], bytes_down=r[3]) for r in rows
-    ]
+        return [SeriesRow(r[0], r[2], r[1], r[3], r[4], r[5], r[6]) for r in rows]
+    return [SeriesRow(r[0], None, r[1], r[2], r[3], r[4], r[5]) for r in rows]
