@@ -18,12 +18,14 @@ from meterguard.cli.common import (
     StateOpt,
     fail,
     load,
+    pid_alive,
     print_json,
     require_root,
 )
 from meterguard.cli.demo import register as register_demo
 from meterguard.cli.events import register as register_events
 from meterguard.cli.plan import register as register_plan
+from meterguard.cli.policy import register as register_policy
 from meterguard.cli.report import register as register_report
 
 app = typer.Typer(
@@ -86,7 +88,7 @@ def status(
 
     cfg = load(config)
     st = read_status(state_dir)
-    running = bool(st) and _alive(int(st.get("pid", 0))) if st else False
+    running = bool(st) and pid_alive(int(st.get("pid", 0))) if st else False
     data = {
         "running": running,
         "pid": st.get("pid") if st and running else None,
@@ -119,18 +121,6 @@ def status(
     for row in data["today"]:
         print(f"today on {row['network']}: {format_bytes(row['bytes_up'])} up, "
               f"{format_bytes(row['bytes_down'])} down")
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @app.command(
@@ -191,7 +181,7 @@ def uninstall(
 
     require_root("meterguard uninstall")
     st = read_status(state_dir)
-    if st and _alive(int(st.get("pid", 0))):
+    if st and pid_alive(int(st.get("pid", 0))):
         fail(f"the daemon still runs (pid {st['pid']}): stop it first", 1)
     try:
         default_backend().run(render_delete_table())
@@ -249,6 +239,7 @@ def boot_restore(
 register_report(app)
 register_plan(app)
 register_events(app)
+register_policy(app)
 register_agent(app)
 register_demo(app)
 

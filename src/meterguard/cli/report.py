@@ -113,11 +113,14 @@ def report(
         print("no usage recorded")
         return
     label = "app" if by == "app" else "network"
-    print(f"{label:<28} {'network':<14} {'up':>10} {'down':>10} {'total':>10}")
+    print(f"{label:<28} {'network':<14} {'up':>10} {'down':>10} {'total':>10} "
+          f"{'foreground':>11} {'background':>11}")
     for r in rows:
         name = str(r.get("app") or r.get("network"))
         print(f"{name:<28} {r['network']!s:<14} {format_bytes(int(r['bytes_up'])):>10} "
-              f"{format_bytes(int(r['bytes_down'])):>10} {format_bytes(int(r['bytes_total'])):>10}")
+              f"{format_bytes(int(r['bytes_down'])):>10} {format_bytes(int(r['bytes_total'])):>10} "
+              f"{format_bytes(int(r['bytes_foreground'])):>11} "
+              f"{format_bytes(int(r['bytes_background'])):>11}")
 
 
 def _cycle_bounds(cfg: Config, network: str | None, previous: int) -> tuple[int, int, ZoneInfo]:
