@@ -48,6 +48,7 @@ class GuardedHost:
     def __init__(
         self, lab: Lab, state_dir: Path, *, interval: float = 1.0, extra: str = "",
         plan: str | None = None, policy: str | None = None,
+        system_bus: str | None = None,
     ) -> None:
         self.lab = lab
         self.state_dir = state_dir
@@ -58,6 +59,10 @@ class GuardedHost:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(lab_config(lab, interval, extra, plan, policy))
         self.daemon: subprocess.Popen[str] | None = None
+        # The D-Bus system bus the daemon asks NetworkManager, ModemManager and logind on:
+        # a test's private bus with mocks, or none at all, so that the machine's own
+        # daemons (which know nothing of the lab's interfaces) never leak into a test.
+        self.system_bus = system_bus
 
     # --- the daemon ----------------------------------------------------------------------
 
@@ -67,6 +72,10 @@ class GuardedHost:
         status.unlink(missing_ok=True)
         argv = [*CLI, "run", "--config", str(self.config), "--state-dir", str(self.state_dir)]
         env = {**child_env(), "METERGUARD_TEST_CLOCK": str(self.clock_file)}
+        if self.system_bus is None:
+            env["METERGUARD_NO_DBUS"] = "1"
+        else:
+            env["DBUS_SYSTEM_BUS_ADDRESS"] = self.system_bus
         with self.log.open("a") as log:
             self.daemon = self.lab.host_popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env
@@ -102,7 +111,8 @@ class GuardedHost:
 
     def cli(self, *args: str) -> dict[str, Any]:
         argv = [*CLI, *args, "--state-dir", str(self.state_dir), "--json"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                              env={**child_env(), "METERGUARD_NO_DBUS": "1"})
         if proc.returncode != 0:
             raise LabError(f"{' '.join(args)} failed: {proc.stderr}")
         data: dict[str, Any] = json.loads(proc.stdout)
