@@ -97,3 +97,13 @@ def test_every_example_in_the_reference_loads() -> None:
         config = parse_config(block, Path("docs/configuration.md"))
         for name, plan in config.plans.items():
             plan.to_plan(name)
+
+
+def test_tunnels_need_their_underlay_port() -> None:
+    text = '[[network]]\nname = "esim"\ninterfaces = ["wwan0"]\ntunnels = ["tun0"]\n'
+    for missing in ("tunnel_ports = []\n", ""):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text + missing, PATH)
+        assert caught.value.field == "network[0].tunnel_ports"
+    config = parse_config(text + 'tunnel_ports = ["udp:1194"]\n', PATH)
+    assert config.network[0].tunnels == ["tun0"]

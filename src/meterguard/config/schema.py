@@ -160,9 +160,18 @@ class NetworkConfig(_Section):
     # Tunnels (VPNs) that ride on this network's links: metered too, counted per app, and
     # their encapsulation shown as its own bucket. `tunnel_ports` names their underlay.
     tunnels: list[InterfacePattern] = Field(default_factory=list)
-    tunnel_ports: list[TunnelPort] = Field(default_factory=list)
+    tunnel_ports: list[TunnelPort] = Field(default_factory=list, validate_default=True)
     # What to block when the modem reports roaming on this network's SIM.
     roaming_guard: Literal["off", "block-all", "allow-list"] = "off"
+
+    @field_validator("tunnel_ports")
+    @classmethod
+    def _tunnels_need_ports(cls, ports: list[str], info: ValidationInfo) -> list[str]:
+        # Without the underlay's port the encapsulated bytes would be counted again on the
+        # link (as the VPN daemon's or unattributed), on top of the tunnel's own.
+        if info.data.get("tunnels") and not ports:
+            raise ValueError("tunnels need their underlay, e.g. tunnel_ports = [\"udp:1194\"]")
+        return ports
 
     def literal_interfaces(self) -> list[str]:
         return [pattern for pattern in self.interfaces if not is_glob(pattern)]

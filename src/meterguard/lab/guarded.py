@@ -26,7 +26,7 @@ Usage = dict[tuple[str, str], tuple[int, int]]  # (network, app) -> (bytes_up, b
 
 def lab_config(
     lab: Lab, interval: float = 1.0, extra: str = "", plan: str | None = None,
-    policy: str | None = None,
+    policy: str | None = None, network_extra: str = "",
 ) -> str:
     """The host's config: `esim` is wwan0 (metered, on `plan` if given), `wifi` is wlan0.
 
@@ -38,7 +38,7 @@ def lab_config(
     return (
         f"[daemon]\ninterval = {interval}\nlog_level = \"debug\"\n\n{policy}"
         f"[[network]]\nname = \"esim\"\ninterfaces = [\"{lab.metered_ifname}\"]\n"
-        f"metered = true\n{plan_line}\n"
+        f"metered = true\n{plan_line}{network_extra}\n"
         f"[[network]]\nname = \"wifi\"\ninterfaces = [\"{lab.wifi_ifname}\"]\nmetered = false\n"
         f"{extra}"
     )
@@ -48,7 +48,7 @@ class GuardedHost:
     def __init__(
         self, lab: Lab, state_dir: Path, *, interval: float = 1.0, extra: str = "",
         plan: str | None = None, policy: str | None = None,
-        system_bus: str | None = None,
+        system_bus: str | None = None, network_extra: str = "",
     ) -> None:
         self.lab = lab
         self.state_dir = state_dir
@@ -57,7 +57,7 @@ class GuardedHost:
         # The daemon's wall clock is moved by the seconds written here (a test hook).
         self.clock_file = state_dir / "clock-offset"
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(lab_config(lab, interval, extra, plan, policy))
+        self.config.write_text(lab_config(lab, interval, extra, plan, policy, network_extra))
         self.daemon: subprocess.Popen[str] | None = None
         # The D-Bus system bus the daemon asks NetworkManager, ModemManager and logind on:
         # a test's private bus with mocks, or none at all, so that the machine's own
