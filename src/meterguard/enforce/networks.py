@@ -110,6 +110,8 @@ def resolve(
             name = "nm-" + (_SAFE.sub("-", conn.id.lower()).strip("-") or "metered")[:28]
             for ifname in conn.interfaces:
                 interfaces[ifname] = name
+            # A guess becomes a definite "yes" for as long as meterguard meters it.
+            nm_metered.append(conn.uuid)
         elif conn.iphone_hotspot_hint and not unmetered:
             hints.append(
                 f"{conn.id} ({', '.join(conn.interfaces)}) looks like an iPhone hotspot "
