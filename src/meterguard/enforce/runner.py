@@ -44,6 +44,9 @@ UNLIMITED = 1 << 60
 # A quota's limit is raised only by more than this: a lower limit is always written at once
 # (it is the safe side), while read skew alone must not make the limit wander upwards.
 LOOSEN_SLACK = 64 * 1024
+# When the kernel quota is exhausted this close to the allowance, the cap is in force: the
+# limit came early by read skew (about 1-2 ms of traffic), not by a real shortfall.
+CAP_TOLERANCE = 256 * 1024
 
 
 class PlanLedger(TotalsReader, Protocol):
@@ -200,8 +203,15 @@ class PlanGuardRunner:
         if usage.cycle is None:
             self._apply_limit(gp, 0)
             return [SetCap(0)]
+        used = usage.cycle_bytes + state.adjust_bytes
+        allowed = self._allowance(gp) + state.topup_bytes
+        if self._kernel_holds_cap(gp) and allowed - used < CAP_TOLERANCE:
+            # The quota's limit errs low by read skew, so the kernel may stop traffic a few
+            # kB before the counted bytes reach the allowance. That is the cap in force:
+            # say so (pause, the 100% alert) rather than wait for bytes that cannot come.
+            used = max(used, allowed)
         inp = GuardInput(
-            plan=plan, cycle=usage.cycle, used=usage.cycle_bytes + state.adjust_bytes,
+            plan=plan, cycle=usage.cycle, used=used,
             allowance=self._allowance(gp), now=now,
             fired=self._events.fired(period_key(plan, usage.cycle[0]))
             | (self._events.fired(period_key(plan, usage.day[0])) if usage.day else frozenset()),
@@ -215,6 +225,10 @@ class PlanGuardRunner:
         for d in decisions:
             self._apply(gp, d, now)
         return decisions
+
+    def _kernel_holds_cap(self, gp: GuardedPlan) -> bool:
+        consumed = self._consumed.get(gp.plan.name)
+        return consumed is not None and gp.limit is not None and consumed >= gp.limit
 
     def _apply(self, gp: GuardedPlan, d: Decision, now: datetime) -> None:
         name = gp.plan.name

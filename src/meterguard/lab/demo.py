@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meterguard.core.units import format_bytes
-from meterguard.lab import demo_plan
+from meterguard.lab import demo_leaks, demo_plan
 from meterguard.lab.apps import LabApp
 from meterguard.lab.carrier import CarrierCounts
 from meterguard.lab.guarded import GuardedHost, Usage
@@ -42,12 +42,17 @@ def run_demo(
     state = Path(tempfile.mkdtemp(prefix="meterguard-demo-"))
     prefix = f"mgdemo-{uuid.uuid4().hex[:5]}"
     with Lab(prefix=prefix) as lab:
-        host = GuardedHost(lab, state, plan="demo-daily", extra=demo_plan.plan_toml())
+        host = GuardedHost(lab, state, plan="demo-daily", extra=demo_plan.plan_toml(),
+                           policy=demo_leaks.policy_toml())
         # The daemon's day ends in a few minutes, so the next cycle can be shown.
         host.move_clock(demo_plan.minutes_before_midnight(5))
         try:
             result = _scenario(console, lab, host, connections)
             result["plan"] = _plan_part(console, lab, host)
+            console.rule("leak control: the detector, the fix, Wi-Fi still works")
+            result["leaks"] = demo_leaks.show_and_fix(
+                console, host, lab.app("onedrive.service", SYNC_PORT)
+            )
             return result
         finally:
             host.stop()

@@ -96,8 +96,11 @@ def _settled_total(host: GuardedHost) -> int:
 
 def rollover(console: Console, host: GuardedHost, browser: LabApp) -> dict[str, Any]:
     """Move the daemon's clock past midnight: a new cycle, traffic resumes by itself."""
+    old_start = (host.plans() or [{}])[0].get("cycle", {}).get("start")
     host.move_clock(minutes_before_midnight(0) + 5)
-    plan = host.wait_until_plan(lambda p: not p["paused"], timeout=20)
+    plan = host.wait_until_plan(
+        lambda p: p["cycle"]["start"] != old_start and not p["paused"], timeout=20
+    )
     got = browser.download(2_000_000)
     plan = host.wait_until_plan(lambda p: p["used_bytes"] >= 2_000_000, timeout=20)
     console.print(f"the next cycle began: traffic resumed by itself, a download got "
