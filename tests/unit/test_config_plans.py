@@ -89,10 +89,11 @@ def test_plan_mistakes_name_line_and_field(
     assert words in error.message
 
 
-def test_every_example_in_the_reference_loads() -> None:
-    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+def test_every_example_in_the_reference_and_readme_loads() -> None:
+    root = Path(__file__).parents[2]
+    doc = (root / "docs" / "configuration.md").read_text() + (root / "README.md").read_text()
     blocks = [b.split("```", 1)[0] for b in doc.split("```toml\n")[1:]]
-    assert len(blocks) >= 4
+    assert len(blocks) >= 5
     for block in blocks:
         config = parse_config(block, Path("docs/configuration.md"))
         for name, plan in config.plans.items():
