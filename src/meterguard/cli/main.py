@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -170,9 +171,10 @@ def uninstall(
 ) -> None:
     """Put back everything meterguard changed: remove its table, restore interface settings.
 
-    Removes the nftables table `inet meterguard` (and with it every counter) and restores
-    gso_max_segs and GRO on the interfaces the daemon tuned. The ledger in the state
-    directory is kept: it is the user's data. Stop the daemon first.
+    Removes the nftables table `inet meterguard` (and with it every counter and cap),
+    restores gso_max_segs and GRO on the interfaces the daemon tuned, and NetworkManager's
+    metered flags it set. The ledger in the state directory is kept: it is the user's data.
+    Stop the daemon first.
     """
     from meterguard.daemon import StatePaths, read_status
     from meterguard.kernel.links import LinkTuner, SystemLinks
@@ -188,12 +190,32 @@ def uninstall(
     except NftError as exc:
         fail(f"cannot remove the table: {exc}")
     restored = LinkTuner(SystemLinks(), StatePaths(state_dir).links).restore_all()
+    flags = _restore_nm_flags(state_dir)
     if json_out:
-        print_json({"table_removed": True, "interfaces_restored": restored})
+        print_json({"table_removed": True, "interfaces_restored": restored,
+                    "networkmanager_restored": flags})
     else:
         print("removed nftables table inet meterguard")
         for ifname in restored:
             print(f"restored gso_max_segs and GRO on {ifname}")
+        for uuid in flags:
+            print(f"restored NetworkManager's metered flag of connection {uuid}")
+
+
+def _restore_nm_flags(state_dir: Path) -> list[str]:
+    """Put back the metered flags the daemon set in NetworkManager (if it left any)."""
+    state = state_dir / "nm-metered.json"
+    if not state.exists():
+        return []
+    from meterguard.system.bus import SystemBusError
+    from meterguard.system.networkmanager import NetworkManagerClient
+
+    try:
+        with NetworkManagerClient(state_file=state, timeout=5.0) as nm:
+            return nm.restore_metered()
+    except SystemBusError as exc:
+        typer.echo(f"meterguard: cannot restore NetworkManager's flags: {exc}", err=True)
+        return []
 
 
 @app.command("boot-restore")
