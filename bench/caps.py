@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from meterguard.lab import Lab
-from meterguard.lab.carrier import CarrierCounts
 from meterguard.lab.guarded import GuardedHost
 from meterguard.lab.hook import start_hook
 
@@ -105,7 +104,7 @@ def one_run(offloads: bool, direction: str) -> Run:
             while time.monotonic() < deadline and len(hook.posts()) < 2:
                 time.sleep(0.05)
             poll_ms = watch.stop()
-            settled = _settled(lab)
+            settled = lab.carrier.read_settled(quiet_reads=1)
             billed = settled.up.bytes + settled.down.bytes - watch.base
             # The alerts themselves cross the paused link on purpose (and are billed).
             hook_port = settled.port(int(hook.url.rsplit(":", 1)[1].split("/")[0]))
@@ -123,17 +122,6 @@ def one_run(offloads: bool, direction: str) -> Run:
     return Run(offloads, direction, billed, billed - alerts - CAP, alerts,
                latency(CAP // 2, "50%"),
                latency(CAP, "100%"), round(poll_ms, 1))
-
-
-def _settled(lab: Lab) -> CarrierCounts:
-    last = lab.carrier.read()
-    for _ in range(40):
-        time.sleep(0.25)
-        now = lab.carrier.read()
-        if (now.up, now.down) == (last.up, last.down):
-            break
-        last = now
-    return last
 
 
 def main() -> None:

@@ -42,15 +42,8 @@ def guarded(lab: Lab, tmp: Path, extra: str = "") -> GuardedHost:
 
 
 def billed(before: CarrierCounts, lab: Lab) -> int:
-    """Bytes the carrier counted since `before`, once it stopped moving (bounded wait)."""
-    last = lab.carrier.read()
-    for _ in range(40):
-        time.sleep(0.25)
-        now = lab.carrier.read()
-        if (now.up, now.down) == (last.up, last.down):
-            break
-        last = now
-    delta = last - before
+    """Bytes the carrier counted since `before`, once it stopped moving."""
+    delta = lab.carrier.read_settled(quiet_reads=1) - before
     return delta.up.bytes + delta.down.bytes
 
 

@@ -141,26 +141,12 @@ def test_aborted_downloads_still_count_for_their_app(host: GuardedHost) -> None:
     result = app.aborted_downloads(n=300, parallel=30, read_bytes=30_000, size=1_000_000)
     assert result.conns_ok == 300
     # The server keeps sending into closed sockets for a moment: wait for the carrier to settle.
-    after = settled_carrier(host)
+    after = host.lab.carrier.read_settled(quiet_reads=4)
     want = sum(carrier_port(before, after, 8151))
     usage = host.wait_until(lambda u: sum(app_bytes(u, "firefox")) >= want)
     got = sum(app_bytes(usage, "firefox"))
     assert got >= 0.999 * want, (got, want)
     assert want > 300 * 30_000
-
-
-def settled_carrier(host: GuardedHost, quiet_reads: int = 4) -> CarrierCounts:
-    """The carrier's counters once they stopped moving for a few reads (bounded)."""
-    last = host.lab.carrier.read()
-    still = 0
-    for _ in range(120):
-        time.sleep(0.25)
-        now = host.lab.carrier.read()
-        still = still + 1 if (now.up, now.down) == (last.up, last.down) else 0
-        last = now
-        if still >= quiet_reads:
-            break
-    return last
 
 
 def test_kill_9_during_a_transfer_loses_nothing(host: GuardedHost) -> None:

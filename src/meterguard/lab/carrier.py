@@ -16,6 +16,7 @@ fast here (no cgroupfs walk).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -179,6 +180,24 @@ class Carrier:
     def read(self) -> CarrierCounts:
         proc = run(ns_argv(self.ns, ["nft", "-j", "list", "table", "inet", TABLE]))
         return parse_counts(proc.stdout)
+
+    def read_settled(self, quiet_reads: int = 2, interval: float = 0.25,
+                     max_reads: int = 40) -> CarrierCounts:
+        """The counters once they stopped moving for `quiet_reads` reads (bounded).
+
+        After a cap or a block, servers keep sending into the pause for a moment: what the
+        carrier bills includes those bytes, so a measurement waits for them to end.
+        """
+        last = self.read()
+        still = 0
+        for _ in range(max_reads):
+            time.sleep(interval)
+            now = self.read()
+            still = still + 1 if (now.up, now.down) == (last.up, last.down) else 0
+            last = now
+            if still >= quiet_reads:
+                break
+        return last
 
     def port_bytes(self, port: int, proto: Proto = "any") -> tuple[int, int]:
         """(upload, download) IP bytes billed so far for one server port."""

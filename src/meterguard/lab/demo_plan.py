@@ -65,9 +65,8 @@ def runaway_upload(
     lab = host.lab
     result = sync.start_upload(200_000_000, timeout=30).wait(60)
     plan = host.wait_until_plan(lambda p: p["paused"], timeout=20)
-    billed = used_before + _settled_total(host) - (
-        carrier_start.up.bytes + carrier_start.down.bytes
-    )
+    settled = lab.carrier.read_settled(quiet_reads=1) - carrier_start
+    billed = used_before + settled.up.bytes + settled.down.bytes
     console.print(
         f"runaway upload by onedrive: sent {format_bytes(result.sent)} of 200 MB before the "
         f"cap cut it ({result.error or 'stopped'})"
@@ -81,17 +80,6 @@ def runaway_upload(
     print_plan(console, plan)
     return {"upload_sent": result.sent, "billed": billed, "past_cap": billed - PLAN_QUOTA,
             "paused": plan["paused"], "probe_received": probe.received}
-
-
-def _settled_total(host: GuardedHost) -> int:
-    last = host.lab.carrier.read()
-    for _ in range(40):
-        time.sleep(0.25)
-        now = host.lab.carrier.read()
-        if (now.up, now.down) == (last.up, last.down):
-            break
-        last = now
-    return last.up.bytes + last.down.bytes
 
 
 def rollover(console: Console, host: GuardedHost, browser: LabApp) -> dict[str, Any]:
