@@ -16,81 +16,29 @@ vanish from a run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
-import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from system_bus import private_bus, require
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 NOTIFICATIONS = "org.freedesktop.Notifications"
 NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 MOCK_IFACE = "org.freedesktop.DBus.Mock"
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-def require(available: bool, what: str) -> None:
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is missing under CI=true: D-Bus tests must run, not skip")
-    pytest.skip(f"{what} is missing (install it; scripts/bootstrap.sh does)")
-
-
-@contextmanager
-def private_session_bus() -> Iterator[str]:
+def private_session_bus() -> contextlib.AbstractContextManager[str]:
     """The address of a fresh private session bus."""
-    require(shutil.which("dbus-daemon") is not None, "dbus-daemon")
-    # A short directory of its own: a unix socket path must fit in 108 bytes, which deep
-    # pytest tmp_path names can exceed.
-    workdir = Path(tempfile.mkdtemp(prefix="mg-dbus-"))
-    config = workdir / "session.conf"
-    config.write_text(BUS_CONFIG.format(socket=workdir / "bus"))
-    proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        # The address is printed once the bus listens.
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        assert ready, "dbus-daemon did not print its address"
-        address = proc.stdout.readline().strip()
-        assert address.startswith("unix:"), address
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return private_bus("session")
 
 
 async def call(address: str, member: str, signature: str = "", body: list[Any] | None = None,

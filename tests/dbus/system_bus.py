@@ -19,6 +19,7 @@ failure instead, so they cannot silently vanish from a run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import select
@@ -44,7 +45,7 @@ DBUS_NAME = "org.freedesktop.DBus"
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
-  <type>system</type>
+  <type>{kind}</type>
   <listen>unix:path={socket}</listen>
   <policy context="default">
     <allow send_destination="*" eavesdrop="true"/>
@@ -80,13 +81,14 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 @contextmanager
-def private_system_bus() -> Iterator[str]:
-    """The address of a fresh private bus standing in for the system bus."""
+def private_bus(kind: str = "system") -> Iterator[str]:
+    """The address of a fresh private bus standing in for the system or session bus."""
     require(shutil.which("dbus-daemon") is not None, "dbus-daemon")
-    # A short directory: a unix socket path must fit in 108 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="mg-sysbus-"))
-    config = workdir / "system.conf"
-    config.write_text(BUS_CONFIG.format(socket=workdir / "bus"))
+    # A short directory: a unix socket path must fit in 108 bytes, which deep pytest
+    # tmp_path names can exceed.
+    workdir = Path(tempfile.mkdtemp(prefix=f"mg-{kind}bus-"))
+    config = workdir / f"{kind}.conf"
+    config.write_text(BUS_CONFIG.format(kind=kind, socket=workdir / "bus"))
     proc = subprocess.Popen(
         ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
         stdout=subprocess.PIPE,
@@ -102,6 +104,10 @@ def private_system_bus() -> Iterator[str]:
     finally:
         _stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def private_system_bus() -> contextlib.AbstractContextManager[str]:
+    return private_bus("system")
 
 
 async def _call(address: str, destination: str, path: str, interface: str, member: str,
