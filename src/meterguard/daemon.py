@@ -53,10 +53,6 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
-def ledger_path(state_dir: Path) -> Path:
-    return state_dir / LEDGER_FILE
-
-
 @dataclass
 class StatePaths:
     state_dir: Path
@@ -80,20 +76,6 @@ class StatePaths:
     @property
     def boot_ruleset(self) -> Path:
         return self.state_dir / BOOT_RULESET_FILE
-
-
-def network_resolver(config: Config) -> tuple[list[str], Any]:
-    """The metered interface globs, and ifname -> network name for metered links only."""
-    globs = [g for net in config.metered_networks() for g in net.interfaces]
-    cache: dict[str, str | None] = {}
-
-    def network_of(ifname: str) -> str | None:
-        if ifname not in cache:
-            net = config.network_for_interface(ifname)
-            cache[ifname] = net.name if net is not None and net.metered else None
-        return cache[ifname]
-
-    return globs, network_of
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
@@ -127,7 +109,6 @@ WAIT_SLICE_S = 0.5
 AWARENESS_EVERY_S = 2.0
 # The leak rules read an hour of the ledger: often enough for a leak to show within seconds.
 LEAK_CHECK_EVERY_S = 5.0
-NOT_APPS = frozenset({"unattributed", "forwarded", "vpn-overhead"})
 
 
 class Daemon:
