@@ -117,6 +117,15 @@ class Awareness:
             log.warning("cannot disconnect %s: %s", ", ".join(interfaces), exc)
             return False
 
+    def reconnect(self) -> list[str]:
+        if self.nm is None:
+            return []
+        try:
+            return self.nm.reconnect()
+        except SystemBusError as exc:
+            log.warning("cannot reconnect: %s", exc)
+            return []
+
     def close(self) -> None:
         for client in (self.nm, self.mm, self.logind):
             if client is not None:

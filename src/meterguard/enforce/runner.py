@@ -68,6 +68,8 @@ class EventSink(Protocol):
 class NetworkControl(Protocol):
     def disconnect(self, interfaces: Sequence[str]) -> bool: ...
 
+    def reconnect(self) -> list[str]: ...
+
 
 @dataclass
 class GuardedPlan:
@@ -255,6 +257,9 @@ class PlanGuardRunner:
         elif isinstance(d, Resume):
             gp.limit = None
             gp.state.paused = False
+            if gp.plan.cap_action == "disconnect" and self._network is not None:
+                # NetworkManager blocks autoconnect after a Disconnect: bring it back.
+                self._network.reconnect()
             self._save(gp)
             self._events.note("resume", "info", f"{name}: data resumed", d.reason, now)
 
