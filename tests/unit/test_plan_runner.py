@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meterguard.config import parse_config
-from meterguard.core.guard import Alert, Pause, Resume
+from meterguard.core.guard import Alert, Disconnect, Pause, Resume
 from meterguard.enforce.caps import FakeCapControl
 from meterguard.enforce.runner import PlanGuardRunner
 from meterguard.ledger.model import UsageDelta
@@ -128,3 +129,34 @@ def test_topup_and_set_used(ledger: Ledger) -> None:
     assert caps.limits["tiny"] == 900 + 200
     with pytest.raises(ValueError, match="no guarded plan"):
         r.command("topup", {"plan": "nope", "bytes": 1}, T0)
+
+
+@dataclass
+class FakeNetwork:
+    disconnected: list[tuple[str, ...]] = field(default_factory=list)
+    reconnects: int = 0
+
+    def disconnect(self, interfaces: Sequence[str]) -> bool:
+        self.disconnected.append(tuple(interfaces))
+        return True
+
+    def reconnect(self) -> list[str]:
+        self.reconnects += 1
+        return ["uuid"]
+
+
+def test_disconnect_at_the_cap_and_reconnect_at_rollover(ledger: Ledger) -> None:
+    config = parse_config(CONFIG.replace('time_zone = "Asia/Hong_Kong"',
+                                         'time_zone = "Asia/Hong_Kong"\ncap_action = "disconnect"'),
+                          Path("t.toml"))
+    caps, events, network = FakeCapControl(used={"tiny": 0}), FakeEvents(), FakeNetwork()
+    r = PlanGuardRunner(config, ledger, caps, events, marks_of_apps=lambda apps: set(),
+                        network=network)
+    r.load(T0)
+    r.guard_specs()
+    caps.used["tiny"] = 1000
+    decisions = use(ledger, r, T0 + timedelta(seconds=1), 1000)
+    assert any(isinstance(d, Disconnect) for d in decisions)
+    assert network.disconnected == [("wwan0",)] and network.reconnects == 0
+    use(ledger, r, datetime(2026, 11, 27, 16, 0, 1, tzinfo=UTC), 0)  # the next day's cycle
+    assert network.reconnects == 1
