@@ -108,7 +108,7 @@ WAIT_SLICE_S = 0.5
 # NetworkManager, ModemManager and logind are asked this often (seconds).
 AWARENESS_EVERY_S = 2.0
 # The leak rules read an hour of the ledger: often enough for a leak to show within seconds.
-LEAK_CHECK_EVERY_S = 5.0
+LEAK_CHECK_EVERY_S = 15.0
 
 
 class Daemon:
@@ -123,6 +123,7 @@ class Daemon:
         self.clock = clock or (OffsetClock(test_clock) if test_clock else SystemClock())
         self._stop = threading.Event()
         self._last_aware = float("-inf")
+        self._links = SystemLinks()
         self._last_leaks = float("-inf")
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
@@ -294,7 +295,7 @@ class Daemon:
             for (net, app), (up, down) in sorted(result.usage.items())
         ]
         network_of = parts.network_of
-        ifaces = {i: network_of(i) for i in SystemLinks().names() if network_of(i)}
+        ifaces = {i: network_of(i) for i in self._links.names() if network_of(i)}
         aware = parts.awareness
         write_status(self.paths.status, {
             "pid": os.getpid(),

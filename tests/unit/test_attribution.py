@@ -56,10 +56,10 @@ def test_unknown_marks_and_unmetered_interfaces_are_not_claimed() -> None:
 def test_levels_subtract_children() -> None:
     # Socket counts at level k include every descendant's bytes.
     deltas: dict[SocketKey, int] = {
-        ("wwan0", "down", 1, 10): 600,
-        ("wwan0", "down", 2, 11): 500,
-        ("wwan0", "down", 3, 12): 200,
-        ("wwan0", "down", 1, 20): 50,
+        ("wwan0", "down", 10): 600,
+        ("wwan0", "down", 11): 500,
+        ("wwan0", "down", 12): 200,
+        ("wwan0", "down", 20): 50,
     }
     exclusive = exclusive_socket_bytes(deltas, lambda c: PARENTS.get(c))
     assert exclusive == {
@@ -119,9 +119,9 @@ def test_breakdown_adds_up_to_the_interface_total(
 ) -> None:
     child = int(socket[10] * child_share)
     sock: dict[SocketKey, int] = {
-        ("wwan0", "up", 1, 10): socket[10],
-        ("wwan0", "up", 2, 11): child,
-        ("wwan0", "up", 1, 20): socket[20],
+        ("wwan0", "up", 10): socket[10],
+        ("wwan0", "up", 11): child,
+        ("wwan0", "up", 20): socket[20],
     }
     link = sum(marks.values()) + socket[10] + socket[20] + extra
     delta = KernelReadings(

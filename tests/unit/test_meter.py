@@ -146,17 +146,17 @@ def test_a_removed_table_is_rebuilt_and_counts_from_zero(world: World) -> None:
         world.source.missing = True
         batches = len(world.nft.batches)
 
-        def recreate(levels: int) -> None:
+        def recreate() -> None:
             world.source.missing = False
             world.source.readings = type(r)(link={("wwan0", "up"): 500})
 
         original = world.source.read
 
-        def read(levels: int):  # type: ignore[no-untyped-def]
+        def read():  # type: ignore[no-untyped-def]
             if world.source.missing:
-                recreate(levels)
+                recreate()
                 raise TableMissing("flushed")
-            return original(levels)
+            return original()
 
         world.source.read = read  # type: ignore[method-assign]
         meter.poll(T0 + 1)

@@ -108,8 +108,11 @@ class RulesetSpec:
                 raise ValueError(f"not an interface name or glob nft accepts: {name!r}")
 
 
-def socket_set(direction: str, level: int) -> str:
-    return f"socket_{direction}_l{level}"
+def socket_set(direction: str) -> str:
+    # One set per direction for every level: a cgroup id is unique whatever its depth, so
+    # the levels share it, and one netlink dump reads them all (the meter knows each
+    # cgroup's depth from its path).
+    return f"socket_{direction}"
 
 
 def quota_name(plan: str) -> str:
@@ -167,7 +170,7 @@ def guard_chain(spec: RulesetSpec, direction: str) -> list[str]:
     return rules
 
 
-def set_declarations(levels: int, guards: tuple[PlanGuardSpec, ...] = ()) -> dict[str, str]:
+def set_declarations(guards: tuple[PlanGuardSpec, ...] = ()) -> dict[str, str]:
     # The policy sets always exist (cheap, and the daemon can fill them before any rule
     # refers to them); a plan's allow set only with its plan.
     """Every set and map of the table, name -> body."""
@@ -184,9 +187,8 @@ def set_declarations(levels: int, guards: tuple[PlanGuardSpec, ...] = ()) -> dic
         "blocked_marks": f"type mark; size {SET_SIZE};",
         "allowed_marks": f"type mark; size {SET_SIZE};",
     }
-    for level in range(1, levels + 1):
-        decl[socket_set("out", level)] = f"typeof oifname . socket cgroupv2 level {level}; {dyn}"
-        decl[socket_set("in", level)] = f"typeof iifname . socket cgroupv2 level {level}; {dyn}"
+    decl[socket_set("out")] = f"typeof oifname . socket cgroupv2 level 1; {dyn}"
+    decl[socket_set("in")] = f"typeof iifname . socket cgroupv2 level 1; {dyn}"
     for guard in guards:
         if guard.allow_list:
             decl[allow_set(guard.name)] = "type mark;"
@@ -231,7 +233,7 @@ def chain_rules(spec: RulesetSpec) -> dict[str, list[str]]:
         unmarked = rules[f"unmarked_{direction}"]
         for level in range(1, spec.levels + 1):
             unmarked.append(
-                f"update @{socket_set(direction, level)} "
+                f"update @{socket_set(direction)} "
                 f"{{ {dev} . socket cgroupv2 level {level} }}"
             )
         rules[f"guard_{direction}"] = guard_chain(spec, direction)
@@ -256,7 +258,7 @@ def render_reconcile(spec: RulesetSpec) -> str:
     # A quota that exists keeps what it consumed: `add` only updates its limit.
     guards = spec.enforcement.guards
     lines.extend(f"  {quota_declaration(guard)}" for guard in guards)
-    for name, body in set_declarations(spec.levels, guards).items():
+    for name, body in set_declarations(guards).items():
         kind = "map" if ":" in body.split(";")[0] else "set"
         lines.append(f"  {kind} {name} {{ {body} }}")
     for name, hook in BASE_CHAINS.items():

@@ -1,8 +1,8 @@
 """Reads every counter of `inet meterguard` over netlink, totals first and parts after.
 
-A packet reaches the interface's own statistics last, the interface counter in the hook
-before the per-app counter, and level k before level k+1. Reading in that same order
-(link statistics, interface totals, then apps, then levels from shallow to deep) means
+A packet reaches the interface's own statistics last, and the interface counter in the hook
+before the per-app and per-cgroup counters. Reading in that same order (link statistics,
+interface totals, then apps and cgroups) means
 each part was read after its total, so `total - parts` can only come out *low*: the
 attribution books remainders from that lower bound and never over-books (see
 meter/attribution.py).
@@ -56,7 +56,7 @@ class NetlinkCounterSource:
                 raise TableMissing(f"set {name} is missing") from exc
             raise
 
-    def read(self, levels: int) -> KernelReadings:
+    def read(self) -> KernelReadings:
         r = KernelReadings()
         indexes = self._links.index()
         for ifname, stats in self._links.stats().items():
@@ -79,12 +79,12 @@ class NetlinkCounterSource:
         for el in self._dump("super_out"):
             ifname_b, mark_b = split_concat(el.key, (_IFNAMSIZ, 4))
             r.super_up[(decode_ifname(ifname_b), decode_u32_host(mark_b))] = el.bytes or 0
-        for level in range(1, levels + 1):
-            for suffix, direction in _DIRS:
-                for el in self._dump(socket_set(suffix, level)):
-                    ifname_b, cg_b = split_concat(el.key, (_IFNAMSIZ, 8))
-                    key = (decode_ifname(ifname_b), direction, level, decode_cgroup_id(cg_b))
-                    r.socket[key] = el.bytes or 0
+        for suffix, direction in _DIRS:
+            for el in self._dump(socket_set(suffix)):
+                ifname_b, cg_b = split_concat(el.key, (_IFNAMSIZ, 8))
+                r.socket[(decode_ifname(ifname_b), direction, decode_cgroup_id(cg_b))] = (
+                    el.bytes or 0
+                )
         return r
 
     def cgroup_marks(self) -> dict[int, int]:

@@ -22,7 +22,7 @@ def policy_toml() -> str:
             f'"{BACKGROUND_LIMIT}"\n\n')
 
 
-def findings(host: GuardedHost, app: str, timeout: float = 20) -> list[dict[str, Any]]:
+def findings(host: GuardedHost, app: str, timeout: float = 45) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     found: list[dict[str, Any]] = []
     while time.monotonic() < deadline:

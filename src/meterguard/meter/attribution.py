@@ -70,7 +70,7 @@ def _add(usage: Usage, network: str, app: str, direction: Direction, n: int) -> 
 
 
 def exclusive_socket_bytes(
-    deltas: Mapping[tuple[str, Direction, int, int], int],
+    deltas: Mapping[tuple[str, Direction, int], int],
     parent_of: Callable[[int], int | None],
 ) -> dict[tuple[str, Direction, int], int]:
     """Bytes exactly at each cgroup: count(level k) minus the counts of its children at k+1.
@@ -80,9 +80,9 @@ def exclusive_socket_bytes(
     no app either: nothing is subtracted for it and its bytes stay with its ancestor.
     """
     exclusive: dict[tuple[str, Direction, int], int] = defaultdict(int)
-    for (ifname, direction, _level, cgid), n in deltas.items():
+    for (ifname, direction, cgid), n in deltas.items():
         exclusive[(ifname, direction, cgid)] += n
-    for (ifname, direction, _level, cgid), n in deltas.items():
+    for (ifname, direction, cgid), n in deltas.items():
         parent = parent_of(cgid)
         if parent is not None and (ifname, direction, parent) in exclusive:
             exclusive[(ifname, direction, parent)] -= n

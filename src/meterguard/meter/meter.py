@@ -91,7 +91,7 @@ def unflatten(flat: Mapping[CounterKey, int]) -> KernelReadings:
         elif tag == "app":
             r.marked[(rest[0], rest[1], rest[2])] = value
         elif tag == "sock":
-            r.socket[(rest[0], rest[1], rest[2], rest[3])] = value
+            r.socket[(rest[0], rest[1], rest[2])] = value
         elif tag == "super":
             r.super_up[(rest[0], rest[1])] = value
         elif tag == "wire":
@@ -159,6 +159,7 @@ class Meter:
         self._tuned: dict[str, int] = {}
         self._polls = 0
         self._empty_exec: set[str] = set()
+        self._persisted: dict[CounterKey, int] | None = None
 
     @property
     def registry(self) -> CgroupRegistry:
@@ -282,7 +283,7 @@ class Meter:
             self._collect_exec_cgroups()
         try:
             self.sync_cgroups(at)
-            readings = self._source.read(self._levels)
+            readings = self._source.read()
         except TableMissing:
             # Someone flushed the ruleset (or a reboot emptied it): rebuild, and count the
             # new, empty counters from zero rather than comparing them with the old ones.
@@ -292,7 +293,7 @@ class Meter:
             self._ensure_marks()
             self._tracker = CounterTracker({})
             self._fresh = True
-            readings = self._source.read(self._levels)
+            readings = self._source.read()
         flat = flatten(readings)
         deltas = self._tracker.observe(flat, fresh=self._fresh)
         self._fresh = False
@@ -312,10 +313,16 @@ class Meter:
             for (net, app), (up, down) in usage.items()
         ]
         kinds = {r.app: k for r in rows if (k := self._registry.kind_of_app(r.app)) is not None}
-        self._ledger.record(
-            at, rows, state={SNAPSHOT_KEY: dump_snapshot(self._tracker.snapshot())},
-            app_kinds=kinds,
-        )
+        snapshot = self._tracker.snapshot()
+        # An idle link changes no counter: nothing to write, and the snapshot on disk is
+        # still the one that accounts for every row (a new key with 0 bytes changes nothing).
+        if rows or self._persisted is None or any(
+            self._persisted.get(k, 0) != v for k, v in snapshot.items()
+        ):
+            self._ledger.record(
+                at, rows, state={SNAPSHOT_KEY: dump_snapshot(snapshot)}, app_kinds=kinds,
+            )
+            self._persisted = snapshot
         return PollResult(at, usage, rows)
 
     def stop(self) -> list[str]:

@@ -10,7 +10,7 @@ Direction = Literal["up", "down"]
 # Keys, spelled out so that a snapshot can be persisted as JSON and read back.
 LinkKey = tuple[str, Direction]  # (ifname, direction): locally sent or received IP bytes
 MarkKey = tuple[str, Direction, int]  # (ifname, direction, conntrack mark)
-SocketKey = tuple[str, Direction, int, int]  # (ifname, direction, level, cgroup id)
+SocketKey = tuple[str, Direction, int]  # (ifname, direction, cgroup id)
 
 
 @dataclass(slots=True)
@@ -19,8 +19,9 @@ class KernelReadings:
 
     `link` and `forwarded` are what crossed the metered interfaces (IP bytes, in the hooks);
     `marked` are flows whose conntrack entry carries an app's mark; `socket` counts packets
-    of unmarked flows per cgroup level (the ancestor at that depth); `super_up` counts GSO
-    super-packets per mark, whose missing headers the link statistics reveal; `link_ip` is
+    of unmarked flows per cgroup, every ancestor of the socket's cgroup included;
+    `super_up` counts GSO super-packets per mark, whose missing headers the link
+    statistics reveal; `link_ip` is
     the interface's own IP-byte counter (link statistics less link-layer headers), keyed
     with the ifindex so that a recreated interface is seen as a reset.
     """
@@ -36,7 +37,7 @@ class KernelReadings:
 class CounterSource(Protocol):
     """Reads every counter of meterguard's table (the real one dumps sets over netlink)."""
 
-    def read(self, levels: int) -> KernelReadings: ...
+    def read(self) -> KernelReadings: ...
 
 
 class TableMissing(RuntimeError):
@@ -50,7 +51,7 @@ class FakeCounterSource:
     readings: KernelReadings = field(default_factory=KernelReadings)
     missing: bool = False
 
-    def read(self, levels: int) -> KernelReadings:
+    def read(self) -> KernelReadings:
         if self.missing:
             raise TableMissing("fake table removed")
         r = self.readings
