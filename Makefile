@@ -18,6 +18,8 @@ check: bootstrap
 bench: bootstrap
 	.venv/bin/python bench/accuracy.py
 	.venv/bin/python bench/overhead.py
+	.venv/bin/python bench/caps.py
+	.venv/bin/python bench/ledger_report.py
 
 clean:
 	rm -rf .venv build *.egg-info .mypy_cache .ruff_cache .pytest_cache
