@@ -155,6 +155,7 @@ def build(config: Config, state_dir: Path, ledger_path: Path, links_path: Path,
     box.append(meter)
     try:
         watch: CgroupWatch = InotifyCgroupWatch(tree.mount)
+        meter.cgroups_watched = True
     except OSError as exc:
         log.warning("no inotify on cgroupfs (%s): new cgroups are seen at each poll", exc)
         watch = NoCgroupWatch()

@@ -38,6 +38,7 @@ SNAPSHOT_KEY = "meter.counters"
 # this far apart, after it recorded them, so their counters keep their app.
 EXEC_CGROUP_MARKER = "/app-meterguard-"
 EXEC_GC_EVERY_POLLS = 30
+WALK_EVERY_POLLS = 10
 # Rules cover a few levels below the deepest cgroup seen, so that a new, deeper cgroup does
 # not force a chain reload at once; a deeper one still does, atomically.
 LEVEL_HEADROOM = 2
@@ -160,6 +161,8 @@ class Meter:
         self._polls = 0
         self._empty_exec: set[str] = set()
         self._persisted: dict[CounterKey, int] | None = None
+        # True once the daemon watches cgroupfs with inotify (see kernel/cgroup_watch.py).
+        self.cgroups_watched = False
 
     @property
     def registry(self) -> CgroupRegistry:
@@ -282,7 +285,10 @@ class Meter:
         if self._polls % EXEC_GC_EVERY_POLLS == 0:
             self._collect_exec_cgroups()
         try:
-            self.sync_cgroups(at)
+            # New cgroups are handled the moment inotify reports them (sync_cgroups); the
+            # full walk here only catches removals and anything a watch missed.
+            if not self.cgroups_watched or self._polls % WALK_EVERY_POLLS == 1:
+                self.sync_cgroups(at)
             readings = self._source.read()
         except TableMissing:
             # Someone flushed the ruleset (or a reboot emptied it): rebuild, and count the
