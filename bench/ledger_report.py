@@ -110,15 +110,19 @@ def build(
     total_days = (now - first_bucket + DAY - 1) // DAY
     rows = 0
     for bucket, q_rows, m_rows in generate(rng, names, first_bucket, minute_from, now):
-        conn.executemany("INSERT INTO usage_q15 VALUES (?, ?, ?, ?, ?)", q_rows)
-        conn.executemany("INSERT INTO usage_minute VALUES (?, ?, ?, ?, ?)", m_rows)
+        # Named columns: later schema versions add columns (v5: the background share).
+        conn.executemany("INSERT INTO usage_q15 (bucket, network, app, bytes_up, bytes_down)"
+                         " VALUES (?, ?, ?, ?, ?)", q_rows)
+        conn.executemany("INSERT INTO usage_minute (minute, network, app, bytes_up, bytes_down)"
+                         " VALUES (?, ?, ?, ?, ?)", m_rows)
         rows += len(q_rows) + len(m_rows)
         if bucket % DAY == 0:
             progress("building", (bucket - first_bucket) // DAY, total_days, rows)
     # The day roll-up is what the writer keeps in step with the buckets; derive it the same
     # way the v3 migration does.
     conn.execute(
-        "INSERT INTO usage_day SELECT bucket / 86400 * 86400, network, app,"
+        "INSERT INTO usage_day (day, network, app, bytes_up, bytes_down)"
+        " SELECT bucket / 86400 * 86400, network, app,"
         " SUM(bytes_up), SUM(bytes_down) FROM usage_q15 GROUP BY 1, network, app"
     )
     conn.executemany(
