@@ -32,18 +32,17 @@ import argparse
 import errno
 import json
 import os
-import platform
 import signal
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import meterguard
+from benchlib import log, machine
+
 from meterguard.core.identity import identify_cgroup
 from meterguard.lab import Lab, LabApp, LabError
 from meterguard.lab.carrier import CarrierCounts
@@ -59,41 +58,6 @@ SETTLE_TIMEOUT_S = 30.0
 CONVERGE_TIMEOUT_S = 30.0
 
 Pair = tuple[int, int]  # (up, down) IP bytes
-
-
-def log(text: str) -> None:
-    # Progress goes to stderr so that `--json` keeps stdout machine-readable.
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def source_revision() -> str:
-    """The meterguard source these figures belong to: its git commit, and whether src/
-    differs from it (the figures of a modified tree cannot be reproduced from a commit)."""
-    src = Path(meterguard.__file__).resolve().parents[1]
-    head = run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], check=False)
-    if head.returncode != 0:
-        return f"{src} (not a git checkout)"
-    dirty = run(["git", "-C", str(src), "status", "--porcelain", "--", "."], check=False)
-    return f"{head.stdout.strip()}{' + uncommitted changes' if dirty.stdout.strip() else ''}" \
-        f" ({src})"
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    nft = run(["nft", "--version"], check=False).stdout.strip()
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "nft": nft,
-        "python": platform.python_version(),
-        "meterguard": source_revision(),
-    }
 
 
 # --- what a scenario drives ------------------------------------------------------------------

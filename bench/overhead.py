@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -56,11 +55,12 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import meterguard
+import benchlib
+from benchlib import log
+
 from meterguard.core.identity import identify_cgroup
 from meterguard.lab import Lab, LabApp, LabError
 from meterguard.lab.guarded import GuardedHost
@@ -81,38 +81,11 @@ FOREIGN_LIMIT_PCT = 5.0
 RETRY_PAUSE_S = 5.0
 
 
-def log(text: str) -> None:
-    # Progress goes to stderr so that `--json` keeps stdout machine-readable.
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def source_revision() -> str:
-    """The meterguard source these figures belong to: its git commit, and whether src/
-    differs from it (the figures of a modified tree cannot be reproduced from a commit)."""
-    src = Path(meterguard.__file__).resolve().parents[1]
-    head = run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], check=False)
-    if head.returncode != 0:
-        return f"{src} (not a git checkout)"
-    dirty = run(["git", "-C", str(src), "status", "--porcelain", "--", "."], check=False)
-    return f"{head.stdout.strip()}{' + uncommitted changes' if dirty.stdout.strip() else ''}" \
-        f" ({src})"
-
-
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchlib.machine(),
         "nproc": str(NPROC),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "nft": run(["nft", "--version"], check=False).stdout.strip(),
         "iperf3": run(["iperf3", "--version"], check=False).stdout.splitlines()[0],
-        "python": platform.python_version(),
-        "meterguard": source_revision(),
         "loadavg_at_start": Path("/proc/loadavg").read_text().strip(),
     }
 
