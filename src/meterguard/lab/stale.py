@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from meterguard.lab.cgroups import cgroup2_mount, remove_subtree, subtree_pids
@@ -78,6 +79,22 @@ def cleanup_orphans() -> list[str]:
         with contextlib.suppress(LabError):
             check_prefix(state_dir.name)
             if owner_is_dead(state_dir):
-                cleanup_stale(state_dir.name)
+                _cleanup_with_retries(state_dir.name)
                 cleaned.append(state_dir.name)
     return cleaned
+
+
+def _cleanup_with_retries(prefix: str, attempts: int = 3) -> None:
+    """cleanup_stale, tried again while the killed processes are still being reaped.
+
+    Orphans of a crashed lab are reparented to PID 1; until it reaps them they keep their
+    cgroup populated, so a first attempt on a busy machine can find it not yet removable.
+    """
+    for attempt in range(attempts):
+        try:
+            cleanup_stale(prefix)
+            return
+        except LabError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
