@@ -6,7 +6,7 @@ CLI/API (which consume `ReportRow` and friends) depend on nothing but this modul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 GroupBy = Literal["app", "network"]
@@ -82,34 +82,13 @@ class ReportRow:
 
 
 @dataclass(frozen=True, slots=True)
-class SeriesRow:
+class SeriesRow(ReportRow):
     """A total over one step [start, start + step) of a series."""
 
-    start: int
-    app: str | None
-    network: str | None
-    bytes_up: int
-    bytes_down: int
-    bytes_up_bg: int = 0
-    bytes_down_bg: int = 0
-
-    @property
-    def bytes_background(self) -> int:
-        return self.bytes_up_bg + self.bytes_down_bg
-
-    @property
-    def bytes_total(self) -> int:
-        return self.bytes_up + self.bytes_down
+    start: int = field(default=0, kw_only=True)
 
     def as_dict(self) -> dict[str, str | int | None]:
-        return {
-            "start": self.start,
-            "app": self.app,
-            "network": self.network,
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-            "bytes_total": self.bytes_total,
-        }
+        return {"start": self.start, **ReportRow.as_dict(self)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,5 +188,5 @@ def series(
         [start, start, step_seconds, step_seconds, *params],
     ).fetchall()
     if by == "app":
-        return [SeriesRow(r[0], r[2], r[1], r[3], r[4], r[5], r[6]) for r in rows]
-    return [SeriesRow(r[0], None, r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [SeriesRow(r[2], r[1], r[3], r[4], r[5], r[6], start=r[0]) for r in rows]
+    return [SeriesRow(None, r[1], r[2], r[3], r[4], r[5], start=r[0]) for r in rows]
