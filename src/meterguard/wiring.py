@@ -6,6 +6,7 @@ the same parts from fakes instead (see tests/unit/test_meter.py and test_plan_ru
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ class Parts:
         if self.worker is not None:
             self.events.record_deliveries()
             self.worker.stop()
+            # The notifier's cgroup is ours alone; leave nothing behind in cgroupfs.
+            cgroup = self.worker.cgroup_path
+            for directory in (cgroup, cgroup.parent) if cgroup is not None else ():
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
         self.awareness.restore()
         self.awareness.close()
         self.ledger.close()

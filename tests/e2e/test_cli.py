@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -103,7 +104,10 @@ def test_exec_runs_the_command_in_a_cgroup_of_its_own() -> None:
 
     identity = identify_cgroup(path)
     assert identity is not None and identity.name == name and identity.kind == "exec"
-    os.rmdir(find_cgroup2_mount() / path)  # the daemon would collect it; there is none here
+    # The daemon would collect it; there is none here. Its slice goes too if now empty.
+    os.rmdir(find_cgroup2_mount() / path)
+    with contextlib.suppress(OSError):
+        os.rmdir(find_cgroup2_mount() / "meterguard.slice")
 
 
 def test_exec_without_a_command_is_refused() -> None:
