@@ -32,7 +32,6 @@ import argparse
 import errno
 import json
 import os
-import signal
 import sys
 import time
 import uuid
@@ -41,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import log, machine
+from benchlib import log, machine, stop_cleanly_on_signals
 
 from meterguard.core.identity import identify_cgroup
 from meterguard.lab import Lab, LabApp, LabError
@@ -535,20 +534,6 @@ def _memory_kb(host: GuardedHost) -> dict[str, int]:
 
 
 # --- main --------------------------------------------------------------------------------------
-
-
-def stop_cleanly_on_signals() -> None:
-    """SIGTERM and SIGINT unwind like an exception, so the lab is torn down on the way out.
-
-    Python's default SIGTERM ends the process without unwinding, and a shell starts a
-    background job with SIGINT ignored: either would leave the lab's namespaces behind.
-    """
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -46,3 +47,17 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "meterguard": source_revision(),
     }
+
+
+def stop_cleanly_on_signals() -> None:
+    """SIGTERM and SIGINT unwind like an exception, so the lab is torn down on the way out.
+
+    Python's default SIGTERM ends the process without unwinding, and a shell starts a
+    background job with SIGINT ignored: either would leave the lab's namespaces behind.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

@@ -27,6 +27,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchlib import stop_cleanly_on_signals
+
 from meterguard.lab import Lab
 from meterguard.lab.guarded import GuardedHost
 from meterguard.lab.hook import start_hook
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    stop_cleanly_on_signals()
     runs: list[Run] = []
     for rep in range(args.reps):
         for offloads in (False, True):

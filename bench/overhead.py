@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import benchlib
-from benchlib import log
+from benchlib import log, stop_cleanly_on_signals
 
 from meterguard.core.identity import identify_cgroup
 from meterguard.lab import Lab, LabApp, LabError
@@ -584,20 +583,6 @@ def rig_in_lab(tag: str, rate_mbit: int | None, interval: float) -> Iterator[Rig
             yield rig
         finally:
             rig.host.stop()
-
-
-def stop_cleanly_on_signals() -> None:
-    """SIGTERM and SIGINT unwind like an exception, so the lab is torn down on the way out.
-
-    Python's default SIGTERM ends the process without unwinding, and a shell starts a
-    background job with SIGINT ignored: either would leave the lab's namespaces behind.
-    """
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
