@@ -13,12 +13,11 @@ import math
 import os
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from labtest import new_prefix, ns_out, pid_gone, wait_until
 
 from meterguard.lab import Lab, LabError, cgroup2_mount
 from meterguard.lab.carrier import CarrierCounts, Count, PortCounts
@@ -47,37 +46,6 @@ KINDS: list[TunnelKind] = ["tun", "vxlan"]
 TCP_IP_HEADERS = 52
 
 
-def new_prefix() -> str:
-    return f"mgt-{uuid.uuid4().hex[:6]}"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def ns_out(ns: str, argv: list[str]) -> str:
-    return subprocess.run(
-        ["nsenter", f"--net=/var/run/netns/{ns}", *argv],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-
-
 def assert_nothing_left(prefix: str, pids: list[int]) -> None:
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     assert prefix not in names.stdout
@@ -92,7 +60,7 @@ _DAEMONS: dict[str, list[int]] = {}
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    prefix = new_prefix()
+    prefix = new_prefix("mgt")
     with Lab(prefix=prefix) as built:
         built.start_servers([PORT])
         yield built
