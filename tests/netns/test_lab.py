@@ -15,19 +15,19 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from labtest import new_prefix, ns_out, pid_gone, wait_until
 
 from meterguard.lab import Lab, LabError, cgroup2_mount
 from meterguard.lab.carrier import parse_counts
 from meterguard.lab.cgroups import LabCgroup
 from meterguard.lab.lab import DAEMON_UNIT
 from meterguard.lab.netns import check_prefix
+from meterguard.lab.procs import become_subreaper
 from meterguard.lab.topology import Family, Topology
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,30 +46,9 @@ def privileged(fn: F) -> F:
     return marked
 
 
-def new_prefix() -> str:
-    return f"mgl-{uuid.uuid4().hex[:6]}"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 def netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def assert_nothing_left(prefix: str, pids: list[int]) -> None:
@@ -81,7 +60,7 @@ def assert_nothing_left(prefix: str, pids: list[int]) -> None:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    prefix = new_prefix()
+    prefix = new_prefix("mgl")
     with Lab(prefix=prefix) as built:
         yield built
     assert_nothing_left(prefix, [])
@@ -279,26 +258,16 @@ def test_links_are_quiet_and_static(lab: Lab) -> None:
         ("inet", "to-wlan"),
     ):
         ns = lab.topology.ns[role]
-        maddr = _ns_out(ns, ["ip", "-6", "maddr", "show", "dev", ifname])
+        maddr = ns_out(ns, ["ip", "-6", "maddr", "show", "dev", ifname])
         # Joined groups that would send MLD reports: solicited-node, all-routers.
         assert "ff02::1:ff" not in maddr and "ff02::2" not in maddr, (role, ifname, maddr)
-        assert "fe80" not in _ns_out(ns, ["ip", "-6", "addr", "show", "dev", ifname])
-        neigh = _ns_out(ns, ["ip", "neigh", "show", "dev", ifname])
+        assert "fe80" not in ns_out(ns, ["ip", "-6", "addr", "show", "dev", ifname])
+        neigh = ns_out(ns, ["ip", "neigh", "show", "dev", ifname])
         assert neigh.count("PERMANENT") == 2, neigh
-        state = _ns_out(ns, ["ethtool", "-k", ifname])
+        state = ns_out(ns, ["ethtool", "-k", ifname])
         for feature in ("tcp-segmentation-offload", "generic-segmentation-offload"):
             assert f"{feature}: off" in state
         assert "generic-receive-offload: off" in state
-
-
-def _ns_out(ns: str, argv: list[str]) -> str:
-    return subprocess.run(
-        ["nsenter", f"--net=/var/run/netns/{ns}", *argv],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
 
 
 @privileged
@@ -313,15 +282,15 @@ def test_recreate_wwan_restarts_counters_and_keeps_billing(lab: Lab) -> None:
     assert app.download(500_000) == 500_000
     down = (lab.carrier.read() - before).port(5009).down
     assert lab.link_stats("wwan0").rx_ip_bytes == down.bytes >= 500_000
-    maddr = _ns_out(lab.ns_carrier, ["ip", "-6", "maddr", "show", "dev", "to-host"])
+    maddr = ns_out(lab.ns_carrier, ["ip", "-6", "maddr", "show", "dev", "to-host"])
     assert "ff02::2" not in maddr
 
 
 @privileged
 def test_rate_limited_wwan_is_shaped_both_ways() -> None:
-    with Lab(prefix=new_prefix(), rate_mbit=50) as lab:
+    with Lab(prefix=new_prefix("mgl"), rate_mbit=50) as lab:
         for ns, ifname in ((lab.ns_host, "wwan0"), (lab.ns_carrier, "to-host")):
-            assert "tbf" in _ns_out(ns, ["tc", "qdisc", "show", "dev", ifname])
+            assert "tbf" in ns_out(ns, ["tc", "qdisc", "show", "dev", ifname])
         lab.start_servers([5010])
         assert lab.app("firefox", 5010).download(300_000) == 300_000
 
@@ -339,7 +308,7 @@ def test_killed_download_reports_nothing_and_is_reaped(lab: Lab) -> None:
 
 @privileged
 def test_teardown_leaves_nothing_when_the_body_raises() -> None:
-    prefix = new_prefix()
+    prefix = new_prefix("mgl")
     pids: list[int] = []
     with pytest.raises(RuntimeError, match="body failed"), Lab(prefix=prefix) as lab:
         lab.start_servers([5012])
@@ -357,7 +326,7 @@ def test_teardown_leaves_nothing_when_the_body_raises() -> None:
 
 @privileged
 def test_failed_build_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
-    prefix = new_prefix()
+    prefix = new_prefix("mgl")
 
     def broken(self: Topology) -> None:
         raise LabError("injected failure")
@@ -371,7 +340,7 @@ def test_failed_build_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
 @privileged
 @pytest.mark.parametrize("by_owner", [False, True], ids=["by-prefix", "dead-owner"])
 def test_cleanup_stale_after_a_crashed_run(by_owner: bool) -> None:
-    prefix = new_prefix()
+    prefix = new_prefix("mgl")
     crasher = textwrap.dedent(
         f"""
         import time
@@ -384,6 +353,7 @@ def test_cleanup_stale_after_a_crashed_run(by_owner: bool) -> None:
         time.sleep(600)
         """
     )
+    become_subreaper()  # as a Lab's owner does: the crashed lab's orphans come to us
     proc = subprocess.Popen([sys.executable, "-c", crasher], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

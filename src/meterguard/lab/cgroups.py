@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meterguard.lab.netns import LabError
+from meterguard.lab.procs import reap
 
 # nft 1.0.6 takes cgroupsv2 set elements only as existing paths relative to
 # /sys/fs/cgroup (on the hybrid layout they start with "unified/").
@@ -144,4 +145,8 @@ def remove_subtree(root: Path, deadline_s: float = 10.0) -> None:
                     raise LabError(
                         f"cannot remove cgroup {directory}: {exc}; pids={read_pids(directory)}"
                     ) from exc
+                # A zombie keeps its cgroup busy until reaped; reap ours (orphans of a
+                # crashed lab come to us when we are the subreaper, see procs.py).
+                for pid in read_pids(directory):
+                    reap(pid)
                 time.sleep(0.02)

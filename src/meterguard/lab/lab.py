@@ -49,7 +49,7 @@ from meterguard.lab.netns import (
     run,
     sysctl,
 )
-from meterguard.lab.procs import LabProcesses, Stream, kill_pids
+from meterguard.lab.procs import LabProcesses, Stream, become_subreaper, kill_pids
 from meterguard.lab.servers import InternetServers
 from meterguard.lab.stale import STATE_BASE
 from meterguard.lab.topology import (
@@ -105,6 +105,7 @@ class Lab:
         self, prefix: str, rate_mbit: int | None = None, *, offloads: bool = False
     ) -> None:
         self.prefix = check_prefix(prefix)
+        become_subreaper()  # so that orphans of a crashed lab can be reaped and removed
         self.rate_mbit = rate_mbit
         self.topology = Topology(prefix, offloads)
         self.ns_inet = self.topology.ns["inet"]

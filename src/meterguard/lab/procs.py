@@ -10,6 +10,8 @@ name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -47,6 +49,28 @@ def _protected_pids() -> set[int]:
     return pids
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Orphans of this process's descendants are reparented here instead of to PID 1.
+
+    A crashed lab's processes are orphans; until someone reaps them they stay zombies, and
+    a zombie keeps its cgroup populated, so the lab's cgroups cannot be removed. PID 1 is
+    not always a prompt reaper (it is not here), so whoever runs labs reaps them itself
+    (`kill_pids` does). Best effort: without prctl the old behaviour stays.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap(pid: int) -> None:
+    # Only our own children (including orphans reparented to us) can be reaped.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def kill_pids(pids: Iterable[int], deadline_s: float = 5.0) -> list[int]:
     """SIGKILL each pid and wait (bounded) until it is gone; return pids still running."""
     targets = sorted(set(pids) - _protected_pids())
@@ -55,6 +79,8 @@ def kill_pids(pids: Iterable[int], deadline_s: float = 5.0) -> list[int]:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
+        for pid in targets:
+            reap(pid)
         left = [pid for pid in targets if not _is_gone(pid)]
         if not left:
             return []

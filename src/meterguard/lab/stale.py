@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 from pathlib import Path
 
 from meterguard.lab.cgroups import cgroup2_mount, remove_subtree, subtree_pids
@@ -51,6 +50,9 @@ def owner_is_dead(state_dir: Path) -> bool:
     return _start_time(int(pid_text)) != start
 
 
+_SWEEPS = 5
+
+
 def cleanup_stale(prefix: str) -> None:
     """Remove what a crashed lab with this prefix left behind (processes, netns, cgroups, state).
 
@@ -61,10 +63,19 @@ def cleanup_stale(prefix: str) -> None:
     check_prefix(prefix)
     names = Topology(prefix).ns.values()
     root = cgroup2_mount() / prefix
-    still = kill_pids([pid for name in names for pid in ns_pids(name)] + subtree_pids(root))
-    for name in names:
-        ns_delete(name)
-    remove_subtree(root)
+    for sweep in range(_SWEEPS):
+        # A process the crashed lab was starting may join its cgroup after a sweep (its
+        # `sh` writes its own pid into cgroup.procs, then execs): sweep again until the
+        # subtree can go.
+        still = kill_pids([pid for name in names for pid in ns_pids(name)] + subtree_pids(root))
+        for name in names:
+            ns_delete(name)
+        try:
+            remove_subtree(root, deadline_s=2.0)
+            break
+        except LabError:
+            if sweep == _SWEEPS - 1:
+                raise
     shutil.rmtree(STATE_BASE / prefix, ignore_errors=True)
     if still:
         raise LabError(f"stale lab {prefix}: processes survived SIGKILL: {still}")
@@ -79,22 +90,7 @@ def cleanup_orphans() -> list[str]:
         with contextlib.suppress(LabError):
             check_prefix(state_dir.name)
             if owner_is_dead(state_dir):
-                _cleanup_with_retries(state_dir.name)
+                cleanup_stale(state_dir.name)
                 cleaned.append(state_dir.name)
     return cleaned
 
-
-def _cleanup_with_retries(prefix: str, attempts: int = 3) -> None:
-    """cleanup_stale, tried again while the killed processes are still being reaped.
-
-    Orphans of a crashed lab are reparented to PID 1; until it reaps them they keep their
-    cgroup populated, so a first attempt on a busy machine can find it not yet removable.
-    """
-    for attempt in range(attempts):
-        try:
-            cleanup_stale(prefix)
-            return
-        except LabError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1.0)
